@@ -1,0 +1,269 @@
+"""The run configuration: one dataclass per TOML table, a docstring per field.
+
+Precedence is CLI `--section.key=value` > the TOML file > these defaults. With no file at all
+the defaults are the embedded demo (tiny model, generated data, CPU-sized); the reference's
+values are kept wherever the reference has one (reference-notes §3, §7), and a field whose
+demo value differs from the reference says so. Loading, overrides and error reporting live in
+`config_io.py`; each component receives only its own section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/soar-demo"
+    """Everything a run writes goes under this folder (checkpoints, metrics, plots, config.toml)."""
+    name: str = "soar"
+    """Run name shown in logs and TensorBoard."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: `auto` = CUDA when available, else CPU."""
+    overwrite: bool = False
+    """Start a fresh run in an `output_dir` that already holds checkpoints, deleting that run's
+    checkpoints/, transformer/, metrics.jsonl, tensorboard/ and plots/. Without it (and without
+    `--resume`) such a folder is an error, so a finished run is never overwritten by accident."""
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["tiny", "sd35m"] = "tiny"
+    """Built-in architecture with random weights: `tiny` (CPU seconds per step) or `sd35m`
+    (the SD3.5-Medium transformer). Ignored when `path` is set."""
+    path: Optional[str] = None
+    """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
+    Loaded with local files only: nothing is ever downloaded."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the exported final `transformer/`. Training always keeps fp32 master weights (and
+    checkpoints store them, for exact resume); bf16 compute is `train.mixed_precision`."""
+    resolution: int = 64
+    """Image side in pixels for the built-in demo data and for benchmark inputs (reference: 512)."""
+
+
+@dataclass
+class DataConfig:
+    jsonl: Optional[str] = None
+    """Reference-format JSONL (md5, caption_en, bw, bh per line). None = the generated demo set."""
+    image_dir: Optional[str] = None
+    """Folder holding `<md5>.jpg|.png|.webp`. Defaults to the JSONL's folder."""
+    batch_size: int = 4
+    """Samples per process per micro-step (reference: 4 per GPU)."""
+    num_workers: int = 0
+    """DataLoader worker processes (reference: 8)."""
+    random_flip: bool = False
+    """Horizontal flip with p = 0.5 (reference default: off)."""
+    max_sequence_length: int = 77
+    """T5 tokens in the prompt embedding (reference training: 77; its evaluation used 256)."""
+    cache: Optional[str] = None
+    """Folder of cached text embeddings and VAE posteriors written by `soar-fast cache`. When set,
+    training loads neither text encoders nor the VAE."""
+    on_bad_sample: Literal["skip", "error"] = "skip"
+    """A bad JSONL line or unreadable image: drop it and list it in data_report.json, or stop."""
+    cond_dropout_rate: float = 0.0
+    """Per-sample probability of training on the empty prompt (reference: whole batch, default 0)."""
+    demo_size: int = 64
+    """Number of images generated for the embedded demo data set."""
+    encoder_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the text encoders run in and embeddings are cached in (reference: bf16 under mixed
+    precision). The VAE always encodes in float32, as in the reference."""
+    encode_batch_size: int = 16
+    """Images/captions per encoder forward in `soar-fast cache` and the demo's one-off encoding."""
+    cache_shard_size: int = 256
+    """Samples per cache shard (one safetensors file, one bucket); the unit of resume and of the
+    rank/world split of `soar-fast cache`."""
+
+
+@dataclass
+class SoarConfig:
+    trajectory_length: int = 6
+    """K: auxiliary points per path and sample."""
+    num_rollout_paths: int = 1
+    """P: path 0 is the ODE rollout; paths 1..P-1 use `rollout_kind` with fresh noise."""
+    num_sampling_steps: int = 40
+    """S: the rollout moves t by 1/S (unshifted time)."""
+    cfg_scale: float = 4.5
+    """Guidance scale w of the rollout step."""
+    lambda_aux: float = 1.0
+    """Weight λ of the auxiliary loss in the global mean."""
+    weighting_scheme: Literal["logit_normal", "mode", "cosmap", "uniform", "sigma_sqrt"] = "logit_normal"
+    """Timestep density for t0 and the matching per-sample loss weight."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal t0 density."""
+    logit_std: float = 1.0
+    """Std of the logit-normal t0 density."""
+    mode_scale: float = 1.29
+    """Scale of the `mode` density."""
+    rollout_kind: Literal["ode", "simple", "sde", "flow_sde", "cps"] = "flow_sde"
+    """Step of the stochastic paths (reference flag `sde_rollout_type`)."""
+    noise_scale: float = 0.5
+    """η of the stochastic rollout kinds (reference flag `sde_noise_scale`)."""
+    sigma_upper_ratio: Optional[float] = None
+    """r: aux σ' spans [σ1, min(r·σ0, 1)]. None = up to 1, the reference's actual behaviour."""
+    timestep_mode: Literal["grid", "continuous"] = "grid"
+    """Model timestep of aux points: the reference's grid round trip, or exactly N·σ'."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    """Peak learning rate (reference: 2e-5 constant)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay (reference code 1e-4; its README uses 1e-2)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    """Learning-rate schedule, stepped once per optimizer step."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps for schedules that have one."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    """Optimizer steps to train (reference: 5000)."""
+    seed: int = 42
+    """Root seed; every random stream (timesteps, noise, aux fractions, data order) derives from it."""
+    log_every: int = 10
+    """Read losses to the host and log every this many steps (the only host sync of the step)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16 autocast for the transformer forward/backward."""
+    on_nonfinite: Literal["error", "skip"] = "error"
+    """A NaN/inf loss stops the run naming the step, or skips that update."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    """Save a checkpoint every this many steps (0 = only at the end; reference: 500)."""
+    total_limit: Optional[int] = None
+    """Keep at most this many `checkpoints/step-N` folders (oldest removed first)."""
+
+
+@dataclass
+class AccelConfig:
+    mode: Literal["fast", "reference"] = "fast"
+    """`reference` runs the reference's step semantics as the baseline (grad-enabled 2B rollout,
+    K serial aux forwards, full checkpointing, eager math); `fast` applies the switches below."""
+    rollout_reuse_cond: bool = True
+    """Reuse the main forward's detached output as the conditional CFG branch."""
+    batched_aux: bool = True
+    """All aux points in one forward instead of K serial forwards."""
+    aux_chunk: int = 0
+    """Largest aux forward batch (0 = all at once); backward per chunk is exact."""
+    fuse_main_into_aux: bool = False
+    """Run the main batch in the same forward as the aux points."""
+    compile: bool = False
+    """torch.compile each transformer block."""
+    cuda_graphs: bool = False
+    """Capture and replay the no-grad rollout forward (CUDA only)."""
+    attention: Literal["auto", "fa3", "sdpa_cudnn", "sdpa_flash", "sdpa"] = "auto"
+    """Attention backend; `auto` picks FlashAttention-3 when importable, else the best SDPA."""
+    float8: bool = False
+    """torchao float8 training on the large Linear layers (CUDA, sm_89+)."""
+    float8_recipe: Literal["tensorwise", "rowwise", "rowwise_with_gw_hp"] = "tensorwise"
+    """torchao float8 scaling recipe."""
+    optimizer: Literal["adamw", "adamw8bit", "adamw_fp8"] = "adamw"
+    """Optimizer state precision (low-bit states from torchao)."""
+    grad_checkpointing: Literal["none", "full", "selective"] = "none"
+    """Activation checkpointing of transformer blocks."""
+    fused_kernels: bool = True
+    """Fused CFG + aux-points + loss kernels (Triton on CUDA; eager twins on CPU)."""
+    aux_kernel: Literal["auto", "triton", "cuda", "eager"] = "auto"
+    """Implementation of the fused aux-points kernel."""
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    """Write TensorBoard scalars under `<output_dir>/tensorboard`."""
+    progress: bool = True
+    """Show a progress bar."""
+    plot: bool = True
+    """Refresh `plots/loss.png` at each checkpoint and at the end."""
+    sample_every: int = 0
+    """Render the fixed prompt grid every this many steps (0 = never)."""
+
+
+@dataclass
+class ParallelConfig:
+    strategy: Literal["none", "ddp", "fsdp2"] = "none"
+    """Data parallelism across processes started by torchrun."""
+    timeout_s: int = 600
+    """Collective timeout: a failed rank ends the group instead of hanging it."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; `auto` = NCCL on CUDA, gloo on CPU."""
+    fsdp_param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """FSDP2 compute dtype of the all-gathered weights; `auto` = bfloat16 when
+    `train.mixed_precision = "bf16"` on CUDA, else the storage dtype (CPU always float32)."""
+    fsdp_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    """FSDP2 dtype of the gradient reduce-scatter (float32 keeps the sum exact to fp32 rounding)."""
+    fsdp_reshard_after_forward: bool = True
+    """FSDP2: free the gathered weights after each forward (ZeRO-3); False keeps them until
+    backward (ZeRO-2-like: more memory, fewer all-gathers for the step's three forwards)."""
+
+
+@dataclass
+class EvalConfig:
+    dataset: Literal["geneval", "ocr", "pickscore", "drawbench", "plain"] = "plain"
+    """Prompt-file format to read: GenEval JSONL, OCR/PickScore/DrawBench/plain text (one prompt per line)."""
+    prompts: Optional[str] = None
+    """Prompt file (docs/eval.md says where to get the benchmark sets). None = `prompt_list`."""
+    prompt_list: list[str] = field(default_factory=list)
+    """Prompts given in the config itself, used when `prompts` is not set."""
+    limit: int = 0
+    """Use only the first N rows (0 = all)."""
+    images_per_prompt: int = 1
+    """Images sampled per prompt row (each with its own seed)."""
+    scorers: list[str] = field(default_factory=list)
+    """Scorers to run (comma-separated on the command line): clipscore, pickscore, aesthetic, hpsv2,
+    imagereward, ocr, geneval. Empty = sample only."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """Local weight path per scorer: `eval.weights.clipscore = "/models/clip-vit-l-14"`."""
+    geneval_command: Optional[str] = None
+    """Shell command running GenEval's detector on the saved images; placeholders {images}, {results},
+    {weights} (docs/eval.md)."""
+    steps: int = 40
+    """Sampler steps (reference evaluation: 40)."""
+    cfg_scale: float = 4.5
+    """Guidance scale with an empty-string negative prompt (reference evaluation: 4.5); <= 1 = no CFG."""
+    resolution: int = 512
+    """Square image side in pixels."""
+    max_sequence_length: int = 256
+    """T5 tokens at sampling time (reference evaluation: 256; its training: 77)."""
+    batch_size: int = 8
+    """Images per sampler batch (with CFG, twice as many transformer rows)."""
+    seed: int = 0
+    """Base seed; image i of row r uses seed + r * images_per_prompt + i."""
+    checkpoint: Optional[str] = None
+    """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
+    compile: bool = True
+    """torch.compile the transformer forward with CUDA graphs (mode="reduce-overhead"); CUDA only."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Transformer, text encoder and VAE dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    preview_prompts: list[str] = field(default_factory=list)
+    """Training previews (`log.sample_every`): prompts of the grid; empty = a built-in list of four."""
+    preview_steps: int = 20
+    """Training previews: sampler steps (at `model.resolution`, `cfg_scale`, seeds `seed`...)."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    soar: SoarConfig = field(default_factory=SoarConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
