@@ -1,0 +1,157 @@
+"""Fused CFG + rollout + re-noise + targets over every aux point (SPEC.md §1 step 4).
+
+One program owns (sample b, a block of C·H·W elements): it reads z_t0, v_u, v_c, z0, z1 once (plus
+its path noise), forms v_cfg, the ODE endpoint (path 0) and the `kind` endpoint of every stochastic
+path, and writes every aux latent z' and target v_corr of that sample, P·K rows, from registers.
+Eager, the same work reads z1' and z1 back once per point: ~(3 + 2·P·K) full-size reads versus 5 + P−1.
+
+Which output row each (sample, path, point) goes to is the host-computed `row_table` (B,P,K) int32
+(−1 = left out: stochastic paths skip samples with t1 <= 0), so the kernel has no boundary logic and
+the output order is whatever `soar_fast.soar.aux_layout` decided (path-major, point, sample).
+Rows must cover 0..N−1 exactly once; unreferenced rows would be left unwritten.
+
+dtypes: float32 math; latents stored in `out_dtype or z_t0.dtype`; targets float32 unless `out_dtype`
+is given (a target divides by σ' down to ~0.003, so rounding z' to bf16 first would amplify the
+error ~300×; the target is computed from the float32 z', never from the stored one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.cfg_rollout import rollout_math, rollout_math_reference
+from kernels.dispatch import LIB, empty, kind_code, launch_block, tl, triton, use_triton
+
+
+@triton.jit
+def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, row_base, K, chw,
+                  offs, mask):
+    """Re-noise one path endpoint towards z1 at K points and store latents and targets."""
+    for k in range(K):
+        row = tl.load(table_ptr + row_base + k)
+        sp = tl.load(sp_ptr + tl.maximum(row, 0))  # row −1 loads row 0's σ' and stores nothing
+        alpha = tl.minimum(tl.maximum((sp - s1) * inv_span, 0.0), 1.0)
+        zp = (1.0 - alpha) * z1p + alpha * z1
+        tgt = (zp - z0) * tl.div_rn(1.0, sp)  # IEEE reciprocal: the eager twin's `1.0 / sp`
+        m = mask & (row >= 0)
+        dst = row.to(tl.int64) * chw + offs
+        tl.store(lat_ptr + dst, zp.to(lat_ptr.dtype.element_ty), mask=m)
+        tl.store(tgt_ptr + dst, tgt.to(tgt_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp_ptr, table_ptr, noise_ptr,
+                       lat_ptr, tgt_ptr, cfg_scale, noise_scale, s_hat_one, B, P, K, chw,
+                       KIND: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < chw
+    idx = b.to(tl.int64) * chw + offs
+    z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    vu = tl.load(vu_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    vc = tl.load(vc_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    z0 = tl.load(z0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    z1 = tl.load(z1_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    v = vu + cfg_scale * (vc - vu)
+    s0 = tl.load(s0_ptr + b)
+    s1 = tl.load(s1_ptr + b)
+    inv_span = tl.div_rn(1.0, tl.maximum(1.0 - s1, 1e-8))
+    z1p = rollout_math(z, v, z, s0, s1, noise_scale, s_hat_one, 0)  # path 0: ODE, noise unused
+    _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, b * P * K, K, chw,
+                  offs, mask)
+    for p in range(1, P):
+        nidx = ((p - 1) * B + b).to(tl.int64) * chw + offs
+        eps = tl.load(noise_ptr + nidx, mask=mask, other=0.0).to(tl.float32)
+        z1p = rollout_math(z, v, eps, s0, s1, noise_scale, s_hat_one, KIND)
+        _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, (b * P + p) * K, K,
+                      chw, offs, mask)
+
+
+def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
+                               path_noise, *, cfg_scale: float, kind: str, noise_scale: float,
+                               sigma_hat_at_one: float, out_dtype=None):
+    """Eager twin of `fused_aux_points` (float32 math; gathers rows with a host sync, fine on CPU)."""
+    P = row_table.shape[1]
+    N = sigma_prime.shape[0]
+    col = (-1,) + (1,) * (z_t0.dim() - 1)
+    s0, s1 = sigma0.float().view(col), sigma1.float().view(col)
+    z, z0f, z1f = z_t0.float(), z0.float(), z1.float()
+    v = v_uncond.float() + cfg_scale * (v_cond.float() - v_uncond.float())
+    ends = [rollout_math_reference(z, v, None, s0, s1, noise_scale, sigma_hat_at_one, "ode")]
+    for p in range(1, P):
+        ends.append(rollout_math_reference(z, v, path_noise[p - 1].float(), s0, s1, noise_scale,
+                                           sigma_hat_at_one, kind))
+    table = row_table.permute(1, 2, 0)  # (P,K,B): iterate in output order
+    p_idx, _, b_idx = (table >= 0).nonzero(as_tuple=True)
+    rows = table[table >= 0].long()
+    sp = sigma_prime.float()[rows].view(col)
+    alpha = ((sp - s1[b_idx]) * (1.0 / (1.0 - s1[b_idx]).clamp_min(1e-8))).clamp(0.0, 1.0)
+    zp = (1.0 - alpha) * torch.stack(ends)[p_idx, b_idx] + alpha * z1f[b_idx]
+    tgt = (zp - z0f[b_idx]) * (1.0 / sp)
+    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
+    targets = empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    latents[rows] = zp.to(latents.dtype)
+    targets[rows] = tgt.to(targets.dtype)
+    return latents, targets
+
+
+@torch.library.custom_op(f"{LIB}::aux_points", mutates_args=())
+def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tensor, z0: torch.Tensor,
+                   z1: torch.Tensor, sigma0: torch.Tensor, sigma1: torch.Tensor, sigma_prime: torch.Tensor,
+                   row_table: torch.Tensor, path_noise: torch.Tensor | None, cfg_scale: float, kind: str,
+                   noise_scale: float, sigma_hat_at_one: float, out_dtype: torch.dtype | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise)
+    opts = {"cfg_scale": cfg_scale, "kind": kind, "noise_scale": noise_scale,
+            "sigma_hat_at_one": sigma_hat_at_one, "out_dtype": out_dtype}
+    N = sigma_prime.shape[0]
+    if not use_triton(z_t0, _aux_points_kernel) or N == 0:  # N == 0: nothing to write, no σ' to load
+        return fused_aux_points_reference(*args, **opts)
+    B, P, K = row_table.shape
+    chw = z_t0[0].numel()
+    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
+    targets = empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    block = launch_block(chw)
+    c = [t.contiguous() for t in (z_t0, v_uncond, v_cond, z0, z1)]
+    noise = path_noise.contiguous() if P > 1 else c[0]  # dummy pointer when there is no stochastic path
+    _aux_points_kernel[(B, triton.cdiv(chw, block))](
+        *c, sigma0.float().contiguous(), sigma1.float().contiguous(), sigma_prime.float().contiguous(),
+        row_table.to(torch.int32).contiguous(), noise, latents, targets, cfg_scale, noise_scale,
+        sigma_hat_at_one, B, P, K, chw, KIND=kind_code(kind), BLOCK=block)
+    return latents, targets
+
+
+@_aux_points_op.register_fake
+def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale, kind,
+      noise_scale, sigma_hat_at_one, out_dtype):
+    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
+    return (z_t0.new_empty(shape, dtype=out_dtype or z_t0.dtype),
+            z_t0.new_empty(shape, dtype=out_dtype or torch.float32))
+
+
+def fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, *,
+                     cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
+                     out_dtype: torch.dtype | None = None):
+    """All aux latents z' and targets v_corr of one step; no autograd (rollout and targets are stop-grad).
+
+    z_t0, v_uncond, v_cond, z0, z1: (B,C,H,W); sigma0, sigma1: (B,) float32; sigma_prime: (N,) float32;
+    row_table: (B,P,K) int32 output row or −1; path_noise: (P−1,B,C,H,W) or None when P == 1.
+    Returns latents (N,C,H,W) in `out_dtype or z_t0.dtype`, targets (N,C,H,W) in `out_dtype or float32`.
+    """
+    kind_code(kind)
+    shape = tuple(z_t0.shape)
+    for name, t in (("v_uncond", v_uncond), ("v_cond", v_cond), ("z0", z0), ("z1", z1)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"fused_aux_points: {name} {tuple(t.shape)} must match z_t0 {shape}")
+    if row_table.dim() != 3 or row_table.shape[0] != shape[0]:
+        raise ValueError(f"fused_aux_points: row_table {tuple(row_table.shape)} must be ({shape[0]}, P, K)")
+    B, P, _ = row_table.shape
+    if sigma0.shape != (B,) or sigma1.shape != (B,) or sigma_prime.dim() != 1:
+        raise ValueError(f"fused_aux_points: sigma0 {tuple(sigma0.shape)}, sigma1 {tuple(sigma1.shape)} must "
+                         f"be ({B},), sigma_prime {tuple(sigma_prime.shape)} must be (N,)")
+    if P > 1 and (path_noise is None or tuple(path_noise.shape) != (P - 1,) + shape):
+        got = None if path_noise is None else tuple(path_noise.shape)
+        raise ValueError(f"fused_aux_points: path_noise {got} must be {(P - 1,) + shape} for P={P}")
+    return _aux_points_op(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
+                          path_noise if P > 1 else None, float(cfg_scale), kind, float(noise_scale),
+                          float(sigma_hat_at_one), out_dtype)
