@@ -1,0 +1,166 @@
+"""`soar-fast` command line: parse, load the config, hand over to the subcommand's module.
+
+Thin on purpose: every subcommand lives in its own module, imported only when called, so a config
+error is reported before torch is even imported, and a subcommand whose module is missing says so
+without breaking the others. Exit codes: 0 ok, 1 failed run (bad data, non-finite loss), 2 usage
+or config error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from soar_fast import __version__
+from soar_fast.config_io import ConfigError, dump_config, load_config, split_overrides
+
+# command -> "module:function"; each function is called as fn(cfg, args) and returns an exit code.
+COMMANDS = {
+    "train": "soar_fast.train.run:main_train",
+    "cache": "soar_fast.data.cache:main_cache",
+    "data check": "soar_fast.data.check:main_check",
+    "profile": "soar_fast.train.profile:main_profile",
+    "sample": "soar_fast.eval.sample:main_sample",
+    "eval": "soar_fast.eval.run:main_eval",
+}
+PRESET_EXPORTS = {
+    "tiny": "soar_fast.models.export:export_tiny_pipeline",
+    "tiny-clip": "soar_fast.eval.tiny_clip:export_tiny_clip",
+}
+OVERRIDE_HELP = ("any config field as --section.key=value (e.g. --train.max_steps=20); lists are "
+                 "comma-separated, dict entries --eval.weights.NAME=PATH, Optional fields take 'none'")
+
+
+class CommandUnavailable(Exception):
+    """The module behind a subcommand is not in this build."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="soar-fast", description="Fast, exact SOAR post-training for SD3/SD3.5.",
+                                epilog=f"Config overrides: {OVERRIDE_HELP}.")
+    p.add_argument("--version", action="version", version=f"soar-fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help, epilog=f"Config overrides: {OVERRIDE_HELP}.")
+        q.add_argument("config", nargs="?", metavar="CONFIG", help="TOML file (default: the embedded demo)")
+        return q
+
+    t = with_config("train", "train (no CONFIG: the embedded CPU demo)")
+    t.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue from the latest checkpoint in run.output_dir, or from PATH "
+                        "(a checkpoints/step-N folder or a run folder)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    with_config("cache", "encode the data set once (text embeddings, VAE posteriors)")
+    d = sub.add_parser("data", help="data set tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    check = dsub.add_parser("check", help="scan the JSONL and images, report bad samples")
+    check.add_argument("config", nargs="?", metavar="CONFIG")
+    pre = sub.add_parser("preset", help="built-in model folders")
+    psub = pre.add_subparsers(dest="preset_command", required=True, metavar="SUBCOMMAND")
+    exp = psub.add_parser("export", help="write a complete tiny diffusers folder (random weights)")
+    exp.add_argument("name", choices=sorted(PRESET_EXPORTS))
+    exp.add_argument("dir")
+    prof = with_config("profile", "profile a few training steps")
+    prof.add_argument("--steps", type=int, default=10)
+    prof.add_argument("--nsys", action="store_true", help="mark the steps with NVTX ranges for Nsight Systems")
+    sub.add_parser("bench", help="run the benchmark suite (pytest bench/ --benchmark-only)", add_help=False)
+    with_config("sample", "sample images with a model or checkpoint")
+    with_config("eval", "sample and score a prompt set")
+    return p
+
+
+def _resolve(target: str):
+    module_name, func = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise CommandUnavailable(f"{module_name} is not in this build yet") from None
+        raise
+    if not hasattr(module, func):
+        raise CommandUnavailable(f"{module_name} has no {func}() yet")
+    return getattr(module, func)
+
+
+def quiet_third_party() -> None:
+    """Keep import-time noise of diffusers/transformers/torchao (e.g. torchao's CUDA-only extensions
+    failing to load on a CPU machine) out of the run log. CLI only: library code leaves logging alone."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tensorboard's optional TensorFlow probe
+    for name in ("torchao", "torch.utils._pytree", "diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers|torchao)\b")
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger("soar_fast")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"soar-fast: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        import subprocess
+
+        return subprocess.call([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", *argv[1:]])
+    rest, overrides = split_overrides(argv)
+    args = _parser().parse_args(rest)
+    # `train --resume cfg.toml`: argparse hands the CONFIG to --resume's optional value.
+    if getattr(args, "resume", None) and args.config is None and args.resume.endswith(".toml") \
+            and os.path.isfile(args.resume):
+        args.config, args.resume = args.resume, ""
+    command = args.command
+    if command == "data":
+        command = f"data {args.data_command}"
+    try:
+        cfg = load_config(getattr(args, "config", None), overrides)
+    except ConfigError as e:
+        return _fail(2, str(e))
+    if command == "preset":
+        if overrides:
+            return _fail(2, "preset export takes no config overrides")
+    elif getattr(args, "print_config", False):
+        sys.stdout.write(dump_config(cfg))
+        return 0
+
+    quiet_third_party()
+    setup_logging()
+    try:
+        if command == "preset":
+            _resolve(PRESET_EXPORTS[args.name])(args.dir)
+            print(f"wrote {args.name} to {args.dir}")
+            return 0
+        return int(_resolve(COMMANDS[command])(cfg, args) or 0)
+    except CommandUnavailable as e:
+        return _fail(1, f"'{command}' is not available: {e}")
+    except ConfigError as e:
+        return _fail(2, str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one already asked for a clean stop
+        return _fail(130, "interrupted")
+    except Exception as e:
+        # One line, no traceback, for the failures a user can act on (named place, named step).
+        if type(e).__name__ in ("DataError", "NonFiniteLossError"):
+            return _fail(1, str(e))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

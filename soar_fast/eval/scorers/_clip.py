@@ -1,0 +1,72 @@
+"""Shared by the CLIP-based scorers: local loading, the two image preprocessings, projected features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from soar_fast.eval.scorers import ScorerUnavailable, to_uint8_hwc
+
+
+def load_clip(path: str, scorer: str, key: str, device: torch.device, *, processor_path: str | None = None
+              ) -> tuple[Any, Any]:
+    """(CLIPModel in eval mode, float32, frozen; CLIPProcessor) from local folders only."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ScorerUnavailable(f"scorer '{scorer}': {key} = {path!r} is not a loadable CLIP model folder "
+                                f"(config.json + weights): {e}") from None
+    proc_path = processor_path or path
+    try:
+        processor = CLIPProcessor.from_pretrained(proc_path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ScorerUnavailable(f"scorer '{scorer}': no CLIP processor (tokenizer + preprocessor config) "
+                                f"in {proc_path!r}: {e}") from None
+    model.requires_grad_(False).eval().to(device)
+    return model, processor
+
+
+def image_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected image embeddings (B,P), unnormalised (same across transformers 4.x and 5.x)."""
+    return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+def text_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return model.text_projection(model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+
+
+def tokenize(processor: Any, model: Any, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Padded/truncated to the text tower's length (77 for every public CLIP)."""
+    length = model.config.text_config.max_position_embeddings
+    tok = processor.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                              return_tensors="pt")
+    return {"input_ids": tok["input_ids"].to(device), "attention_mask": tok["attention_mask"].to(device)}
+
+
+def pixels_via_processor(processor: Any, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The reference's PIL path (aesthetic, pickscore): uint8 by rounding -> CLIPProcessor
+    (bicubic shortest-side resize, centre crop, CLIP mean/std)."""
+    out = processor.image_processor(images=to_uint8_hwc(images), return_tensors="pt")
+    return out["pixel_values"].to(device=device, dtype=torch.float32)
+
+
+def pixels_via_tensor(processor: Any, model: Any, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The reference's tensor path (clipscore): float image, bilinear antialiased shortest-side resize to
+    the tower's size, centre crop, CLIP mean/std; no uint8 rounding."""
+    size = model.config.vision_config.image_size
+    x = images.to(device=device, dtype=torch.float32)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std

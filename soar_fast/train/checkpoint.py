@@ -1,0 +1,206 @@
+"""Checkpoints that really resume, written so a crash never destroys the previous one.
+
+Layout of `<output_dir>/checkpoints/step-<N>/`:
+  transformer/      diffusers `save_pretrained` (safetensors, fp32 master weights)
+  state/trainer.pt  step, optimizer, LR scheduler, RNG streams, data position (tensors, numbers,
+                    strings only: loaded with `torch.load(weights_only=True)`)
+  state/meta.json   the same step and the versions, for humans
+A checkpoint is written under `checkpoints/.tmp-step-<N>-<pid>/` and renamed into place in one
+`os.replace`, so `step-<N>` exists only when complete; names that are not `step-<N>` are never
+taken for a checkpoint, and leftovers of a killed save are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_REQUIRED = ("transformer/config.json", "state/trainer.pt")
+# Test hook, read only here: seconds to pause between writing the weights and the state of a
+# checkpoint, so tests can `kill -9` a process in the middle of a save.
+_SLOW_SAVE_ENV = "SOAR_FAST_TEST_SLOW_SAVE"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: str
+
+    @property
+    def transformer_dir(self) -> str:
+        return os.path.join(self.path, "transformer")
+
+
+def checkpoints_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints")
+
+
+def is_complete(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, f)) for f in _REQUIRED)
+
+
+def list_checkpoints(output_dir: str) -> list[Checkpoint]:
+    """Complete `step-<N>` checkpoints of a run, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        m = _STEP_DIR.match(name)
+        path = os.path.join(root, name)
+        if m and is_complete(path):
+            found.append(Checkpoint(int(m.group(1)), path))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(output_dir: str) -> Checkpoint | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str) -> Checkpoint:
+    """A `step-<N>` folder, or a run's output_dir (its latest checkpoint), given to `--resume PATH`."""
+    from soar_fast.models.transformer import ModelFolderError
+
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"--resume: no such folder: {path}")
+    m = _STEP_DIR.match(os.path.basename(os.path.normpath(path)))
+    if m:
+        if not is_complete(path):
+            missing = [f for f in _REQUIRED if not os.path.isfile(os.path.join(path, f))]
+            raise ModelFolderError(f"--resume {path}: incomplete checkpoint (missing {', '.join(missing)})")
+        return Checkpoint(int(m.group(1)), path)
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ModelFolderError(f"--resume {path}: not a checkpoints/step-N folder and holds no checkpoint")
+    return latest
+
+
+def _fsync_tree(path: str) -> None:
+    """Flush every file and folder under `path` to disk, so a power cut after the rename cannot
+    leave a complete-looking checkpoint with empty files."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partial_saves(output_dir: str) -> None:
+    """Delete `.tmp-*` folders left by a save that was killed (they are never read). An `.old-*`
+    folder whose replacement never arrived (killed between the two renames) is put back."""
+    root = checkpoints_dir(output_dir)
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith(".old-"):
+            original = os.path.join(root, name[len(".old-"):].rsplit("-", 1)[0])
+            if os.path.exists(original):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.replace(path, original)
+
+
+def save_folder_atomically(final: str, write: Any) -> None:
+    """Call `write(tmp_dir)`, then move `tmp_dir` to `final` (replacing an older `final`)."""
+    parent, name = os.path.split(os.path.normpath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write(tmp)
+    _fsync_tree(tmp)
+    if os.path.exists(final):
+        # A directory cannot be replaced by rename while non-empty: move the old one aside first.
+        # Between these two renames `final` is missing, never half-written.
+        old = os.path.join(parent, f".old-{name}-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(parent)
+
+
+def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module, state: dict[str, Any],
+                    total_limit: int | None = None) -> Checkpoint:
+    """Write `checkpoints/step-<step>` atomically, then prune to `total_limit` (oldest first)."""
+    remove_partial_saves(output_dir)
+    final = os.path.join(checkpoints_dir(output_dir), f"step-{step}")
+
+    def write(tmp: str) -> None:
+        save_transformer(transformer, os.path.join(tmp, "transformer"))
+        pause = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
+        if pause > 0:
+            time.sleep(pause)
+        os.makedirs(os.path.join(tmp, "state"))
+        torch.save(state, os.path.join(tmp, "state", "trainer.pt"))
+        meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+        with open(os.path.join(tmp, "state", "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+
+    save_folder_atomically(final, write)
+    if total_limit is not None and total_limit > 0:
+        for old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old.path, ignore_errors=True)
+    return Checkpoint(step, final)
+
+
+def save_transformer(transformer: torch.nn.Module, folder: str, *, dtype: torch.dtype | None = None) -> None:
+    """diffusers `save_pretrained` as safetensors (of the uncompiled module), optionally cast."""
+    model = getattr(transformer, "_orig_mod", transformer)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The trainer state of a checkpoint, loaded without unpickling code (`weights_only=True`)."""
+    return torch.load(os.path.join(checkpoint.path, "state", "trainer.pt"), map_location="cpu",
+                      weights_only=True)
+
+
+def load_weights(transformer: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's safetensors weights into `transformer` in place (same architecture)."""
+    from safetensors.torch import load_file
+
+    folder = checkpoint.transformer_dir
+    index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        shards = ["diffusion_pytorch_model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(os.path.join(folder, shard)))
+    model = getattr(transformer, "_orig_mod", transformer)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{folder}: weights do not match the model (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")

@@ -1,0 +1,226 @@
+"""`soar-fast profile [CONFIG] --steps N [--nsys]`: where a training step's time goes.
+
+Builds the trainer exactly as `soar-fast train` does, runs warm-up steps (compile, CUDA-graph
+capture, allocator), then N profiled steps with one named range per phase — data, encode, main
+forward, rollout forward, aux kernel, aux forward, backward, optimizer — as `record_function`
+ranges (NVTX ranges under `--nsys`). Writes a Chrome/Perfetto trace to
+`<output_dir>/profile/trace.json` (open in https://ui.perfetto.dev or chrome://tracing) and prints a
+per-phase time table; GPU telemetry (memory, utilisation, power) through NVML when there is a GPU.
+
+The table's times are wall clock with a device sync at every phase boundary: profiling is a
+separate run (flux-fast's rule), so the syncs that the training step never does are fine here,
+and they make each phase's GPU time land in that phase. "other" is the rest of the step (input
+preparation, loss arithmetic). `--nsys` with `nsys` on PATH re-runs this command under
+`nsys profile` (capturing only the profiled steps) and prints the report path.
+
+`phase(name)` is the one hook inside the step (backward, which happens inside `soar_step`); the
+other phases are timed by wrapping the trainer's pieces, so profiling does not fork the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.profiler import record_function
+
+log = logging.getLogger(__name__)
+
+PHASES = ("data", "encode", "main forward", "rollout forward", "aux kernel", "aux forward", "backward", "optimizer")
+_UNDER_NSYS = "SOAR_FAST_UNDER_NSYS"
+
+
+class PhaseTimer:
+    """Exclusive wall time per phase name (a nested phase's time is not counted in its parent)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self._stack: list[list] = []
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # host sync: profiling only, a phase boundary
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        frame = [name, time.perf_counter(), 0.0]
+        self._stack.append(frame)
+        try:
+            yield
+        finally:
+            self._sync()
+            self._stack.pop()
+            elapsed = time.perf_counter() - frame[1]
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed - frame[2]
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if self._stack:
+                self._stack[-1][2] += elapsed
+
+    def reset(self) -> None:
+        self.totals.clear()
+        self.counts.clear()
+
+
+_TIMER: PhaseTimer | None = None
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """A named range of the step: a `record_function` (NVTX under emit_nvtx), timed while profiling."""
+    with record_function(name):
+        if _TIMER is None:
+            yield
+        else:
+            with _TIMER(name):
+                yield
+
+
+def _timed(fn: Callable, name: str | Callable[[], str]) -> Callable:
+    def wrapper(*args, **kwargs):
+        with phase(name() if callable(name) else name):
+            return fn(*args, **kwargs)
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def instrument(trainer: Any) -> None:
+    """Name every phase of `trainer`'s steps by wrapping its pieces (instance attributes only)."""
+    import dataclasses
+
+    fns = trainer.fns
+    calls = {"forward": 0}
+    base_forward = fns.forward
+
+    def forward(*args):
+        # The main forward is the first grad-carrying forward of a step, aux forwards follow.
+        label = "main forward" if calls["forward"] == 0 else "aux forward"
+        calls["forward"] += 1
+        with phase(label):
+            return base_forward(*args)
+
+    trainer.fns = dataclasses.replace(fns, forward=forward,
+                                      rollout_forward=_timed(fns.rollout_forward, "rollout forward"),
+                                      cfg_aux=_timed(fns.cfg_aux, "aux kernel"))
+    base_next = trainer.next_batch
+
+    def next_batch():
+        calls["forward"] = 0  # each micro-batch starts with its main forward
+        with phase("data"):
+            return base_next()
+
+    trainer.next_batch = next_batch
+    trainer.clip_gradients = _timed(trainer.clip_gradients, "optimizer")
+    trainer.apply_update = _timed(trainer.apply_update, "optimizer")
+    encoders = getattr(trainer.source, "encoders", None)
+    if encoders is not None:  # on-the-fly encoding inside the data source
+        for method in ("encode_pixels", "encode_text"):
+            if hasattr(encoders, method):
+                setattr(encoders, method, _timed(getattr(encoders, method), "encode"))
+
+
+def phase_table(totals: dict[str, float], step_seconds: float, steps: int) -> str:
+    names = [p for p in PHASES if p in totals] + sorted(set(totals) - set(PHASES))
+    other = max(step_seconds - sum(totals.values()), 0.0)
+    rows = [(n, totals[n]) for n in names] + [("other", other)]
+    lines = [f"{'phase':<16} {'ms/step':>10} {'share':>7}", "-" * 35]
+    for name, seconds in rows:
+        share = 100 * seconds / step_seconds if step_seconds > 0 else 0.0
+        lines.append(f"{name:<16} {1e3 * seconds / steps:>10.2f} {share:>6.1f}%")
+    lines.append("-" * 35)
+    lines.append(f"{'step':<16} {1e3 * step_seconds / steps:>10.2f} {100.0:>6.1f}%")
+    return "\n".join(lines)
+
+
+def _rerun_under_nsys(out_dir: str) -> int:
+    report = os.path.join(out_dir, "nsys-report")
+    cmd = ["nsys", "profile", "--force-overwrite=true", "-o", report, "--trace=cuda,nvtx,osrt,cudnn,cublas",
+           "--capture-range=cudaProfilerApi", "--capture-range-end=stop", sys.executable, "-m", "soar_fast.cli",
+           *sys.argv[1:]]
+    env = dict(os.environ, **{_UNDER_NSYS: "1"})
+    print("running under Nsight Systems: " + " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, env=env)
+    print(f"nsys report: {report}.nsys-rep", flush=True)
+    return rc
+
+
+def main_profile(cfg: Any, args: Any) -> int:
+    """Profile `args.steps` training steps of `cfg` after warm-up; returns the exit code."""
+    global _TIMER
+    from soar_fast.accel.telemetry import TelemetrySampler
+    from soar_fast.train.trainer import Trainer
+
+    steps = max(int(getattr(args, "steps", 10) or 1), 1)
+    out_dir = os.path.join(cfg.run.output_dir, "profile")
+    os.makedirs(out_dir, exist_ok=True)
+    use_nsys = bool(getattr(args, "nsys", False))
+    if use_nsys and os.environ.get(_UNDER_NSYS) != "1":
+        if shutil.which("nsys"):
+            return _rerun_under_nsys(out_dir)
+        print("--nsys: `nsys` is not on PATH; profiling with the torch profiler only", flush=True)
+        use_nsys = False
+    if cfg.run.cpu_threads > 0:
+        torch.set_num_threads(cfg.run.cpu_threads)
+
+    trainer = Trainer.build(cfg)
+    device = trainer.device
+    report = getattr(trainer.model, "soar_accel_report", None)
+    print(f"profiling on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
+          f"accel: {report.summary() if report is not None else cfg.accel}", flush=True)
+    instrument(trainer)
+
+    def one_step() -> None:
+        trainer.train_step()
+        trainer.apply_update()
+        trainer.step += 1
+
+    warmup = 3 if device.type == "cuda" else 1
+    for _ in range(warmup):
+        one_step()
+
+    timer = _TIMER = PhaseTimer(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    nvtx = torch.autograd.profiler.emit_nvtx() if use_nsys else contextlib.nullcontext()
+    try:
+        with TelemetrySampler(device) as telemetry, torch.profiler.profile(activities=activities) as prof, nvtx:
+            if use_nsys:
+                torch.cuda.profiler.start()
+            timer._sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                with record_function("step"):
+                    one_step()
+            timer._sync()
+            elapsed = time.perf_counter() - start
+            if use_nsys:
+                torch.cuda.profiler.stop()
+    finally:
+        _TIMER = None
+    samples_per_step = cfg.data.batch_size * max(int(cfg.train.gradient_accumulation_steps), 1)
+    trace = os.path.join(out_dir, "trace.json")
+    prof.export_chrome_trace(trace)
+
+    print(f"\n{steps} profiled steps after {warmup} warm-up, "
+          f"{steps * samples_per_step / elapsed:.2f} samples/s (with phase syncs)")
+    print(phase_table(timer.totals, elapsed, steps))
+    if device.type == "cuda":
+        print(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    if telemetry.summary is not None:
+        s = telemetry.summary
+        print(f"GPU {s.device_name}: memory used max {s.memory_used_max_bytes / 2**30:.2f} GiB, "
+              f"utilisation mean {s.utilization_mean_pct:.0f}%, power mean {s.power_mean_w:.0f} W "
+              f"(max {s.power_max_w:.0f} W), {s.samples} samples")
+    print(f"trace: {trace}")
+    return 0

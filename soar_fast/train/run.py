@@ -1,0 +1,133 @@
+"""`soar-fast train`: prepare the output folder, build the Trainer, resume, fit, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+from typing import Any
+
+from soar_fast.config import Config
+from soar_fast.config_io import ConfigError, save_config
+
+log = logging.getLogger("soar_fast.train")
+
+# What a run writes (and what `run.overwrite` may delete); demo data is kept, it is reproducible.
+RUN_OUTPUTS = ("checkpoints", "transformer", "tensorboard", "plots", "metrics.jsonl")
+
+
+def main_train(cfg: Config, args: Any) -> int:
+    """Train per `cfg`. `args.resume`: None (fresh run), "" (latest checkpoint of `run.output_dir`,
+    or a fresh run when there is none) or a path (a `step-N` folder or a run folder).
+
+    Under torchrun every process runs this (docs/distributed.md): rank 0 alone prepares the folder,
+    logs and writes; a failure on any rank ends every rank (`parallel.fail_fast`)."""
+    from soar_fast.data.errors import DataError
+    from soar_fast.parallel import fail_fast, init_distributed, shutdown
+    from soar_fast.train.loop import NonFiniteLossError
+    from soar_fast.train.trainer import resolve_device
+
+    try:
+        d = init_distributed(cfg.parallel, device_type=resolve_device(cfg.run).type)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not d.is_main:
+        logging.getLogger("soar_fast").setLevel(logging.WARNING)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with fail_fast(d, user_errors={ConfigError: 2, DataError: 1, NonFiniteLossError: 1}):
+            code = _train(cfg, args, d)
+    finally:
+        torch.set_num_threads(threads)  # `run.cpu_threads` is process-wide: give in-process callers theirs back
+    shutdown(d)
+    return code
+
+
+def _train(cfg: Config, args: Any, d: Any) -> int:
+    from soar_fast.train.checkpoint import latest_checkpoint, remove_partial_saves, resolve_checkpoint
+
+    out = cfg.run.output_dir
+    resume = getattr(args, "resume", None)
+    checkpoint = None
+    if resume is None:
+        if latest_checkpoint(out) is not None:
+            if not cfg.run.overwrite:
+                raise ConfigError(f"run.output_dir={out} already holds checkpoints: pass --resume to continue "
+                                  "that run, --run.overwrite=true to replace it, or choose another run.output_dir")
+            for name in RUN_OUTPUTS if d.is_main else ():
+                path = os.path.join(out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+    else:
+        if d.is_main:
+            remove_partial_saves(out)
+        d.barrier()
+        checkpoint = resolve_checkpoint(resume) if resume else latest_checkpoint(out)
+        if checkpoint is None:
+            log.info("--resume: no checkpoint in %s yet; starting from step 0", out)
+
+    if d.is_main:
+        os.makedirs(out, exist_ok=True)
+        save_config(cfg, os.path.join(out, "config.toml"))
+    d.barrier()
+    import torch
+
+    if cfg.run.cpu_threads > 0:
+        torch.set_num_threads(cfg.run.cpu_threads)
+    log_environment()
+
+    from soar_fast.models.transformer import count_parameters
+    from soar_fast.train.checkpoint import load_state, load_weights
+    from soar_fast.train.loop import fit
+    from soar_fast.train.trainer import Trainer
+
+    trainer = Trainer.build(cfg, dist=d)
+    log.info("model: %s, %.2fM parameters, on %s; step: %s", cfg.model.path or f"preset {cfg.model.preset}",
+             count_parameters(trainer.model) / 1e6, trainer.device, trainer.opts)
+    if checkpoint is not None:
+        from soar_fast.parallel.resume import (
+            is_sharded_checkpoint,
+            restore_full_checkpoint,
+            restore_sharded_checkpoint,
+        )
+
+        if is_sharded_checkpoint(checkpoint.path):      # DCP: any strategy, any number of processes
+            restore_sharded_checkpoint(trainer, checkpoint.path)
+        elif d.has_group:                                # a one-process checkpoint into DDP/FSDP2
+            restore_full_checkpoint(trainer, checkpoint.path)
+        else:
+            load_weights(trainer.model, checkpoint)
+            trainer.load_state_dict(load_state(checkpoint))
+        log.info("resumed from %s (step %d)", checkpoint.path, trainer.step)
+    status = fit(trainer)
+    if status == "stopped":
+        log.info("stopped at step %d; outputs in %s", trainer.step, out)
+    else:
+        log.info("done: %d steps; outputs in %s (metrics.jsonl, plots/loss.png, checkpoints/, transformer/)",
+                 trainer.step, out)
+    return 0
+
+
+def log_environment() -> None:
+    """Versions and hardware, once at start, so every log says what produced it."""
+    import torch
+
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("diffusers", "transformers", "triton", "torchao"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        device = f"{torch.cuda.device_count()}x {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    else:
+        device = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    log.info("environment: %s; %s", ", ".join(parts), device)

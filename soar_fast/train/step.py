@@ -1,0 +1,189 @@
+"""One SOAR training step (SPEC.md §2), in order, as one function: `soar_step`.
+
+batch → z_t0 → main forward (grad) → rollout forward (no grad) → CFG + aux points → aux forward(s)
+→ loss → backward. The optimizer step is the trainer's (it also owns clipping and accumulation).
+
+Accelerations do not fork this function: they replace the pieces in `StepFns` (a compiled or
+CUDA-graphed rollout forward, fused CFG/aux-point and loss kernels) and set `StepOptions`; with the
+defaults below the step is the eager objective of `soar_fast.soar`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from soar_fast.config import AccelConfig, SoarConfig
+from soar_fast.soar import AuxPoints, LossParts, SigmaGrid, SoarDraws, aux_points, cfg_combine, loss_weight
+from soar_fast.soar.loss import Count, normaliser, soar_loss, weighted_mse
+from soar_fast.train.profile import phase
+
+# model(latents [N,C,H,W], timesteps [N] float32, prompt_embeds [N,L,D], pooled [N,P]) -> velocity [N,C,H,W]
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (z_t0, v_uncond, v_cond, z0, draws, grid, soar_cfg) -> AuxPoints
+CfgAux = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SoarDraws, SigmaGrid, SoarConfig],
+                  AuxPoints]
+# (pred [N,...], target [N,...], weight [N]) -> per-sample weighted MSE [N] float32, differentiable
+FlowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (this rank's n_main, n_aux) -> (the counts over all ranks)
+GlobalCounts = Callable[[int, int], tuple[Count, Count]]
+
+
+def eager_cfg_aux(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tensor, z0: torch.Tensor,
+                  draws: SoarDraws, grid: SigmaGrid, soar: SoarConfig) -> AuxPoints:
+    """CFG combine + aux points, the eager way (`kernels/aux_points.py` fuses both)."""
+    v_cfg = cfg_combine(v_uncond, v_cond, soar.cfg_scale)
+    return aux_points(z_t0, v_cfg, z0, draws.z1, draws.t0, grid, num_sampling_steps=soar.num_sampling_steps,
+                      fracs=draws.fracs, noise=draws.path_noise, kind=soar.rollout_kind,
+                      noise_scale=soar.noise_scale, sigma_upper_ratio=soar.sigma_upper_ratio,
+                      timestep_mode=soar.timestep_mode)
+
+
+@dataclass
+class StepFns:
+    """The replaceable pieces of the step. `forward` carries gradients (main and aux forwards);
+    `rollout_forward` is the no-grad CFG forward, the natural target of compile + CUDA graphs."""
+
+    forward: Model
+    rollout_forward: Model
+    cfg_aux: CfgAux = eager_cfg_aux
+    flow_loss: FlowLoss = weighted_mse
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How the step runs; none of these changes the objective (up to float rounding)."""
+
+    reuse_cond: bool = True
+    """v_c := v0.detach() instead of a conditional rollout forward (they are the same computation)."""
+    rollout_grad: bool = False
+    """Run the rollout forward with autograd on (the reference's cost; numbers unchanged)."""
+    serial_aux: bool = False
+    """One aux forward per (path, point) like the reference, instead of one batched forward."""
+    aux_chunk: int = 0
+    """Largest aux forward in rows (0 = all rows at once); each chunk is backpropagated at once,
+    which is exact because the normaliser is known before the first chunk."""
+    autocast_dtype: torch.dtype | None = None
+    """bf16 autocast of the forwards (`train.mixed_precision`); None = full precision."""
+
+
+def step_options(accel: AccelConfig, *, mixed_precision: str = "no") -> StepOptions:
+    """`[accel]` (+ `train.mixed_precision`) as StepOptions. `mode = "reference"` ignores the switches
+    and runs the reference's step semantics (grad-enabled [uncond; cond] rollout, K serial aux forwards)."""
+    autocast = torch.bfloat16 if mixed_precision == "bf16" else None
+    if accel.mode == "reference":
+        return StepOptions(reuse_cond=False, rollout_grad=True, serial_aux=True, autocast_dtype=autocast)
+    if accel.fuse_main_into_aux:
+        raise NotImplementedError("accel.fuse_main_into_aux is not implemented yet; set it to false")
+    return StepOptions(reuse_cond=accel.rollout_reuse_cond, serial_aux=not accel.batched_aux,
+                       aux_chunk=max(int(accel.aux_chunk), 0), autocast_dtype=autocast)
+
+
+def _aux_slices(pts: AuxPoints, opts: StepOptions) -> list[slice]:
+    n = pts.layout.num_rows
+    if opts.serial_aux:
+        sizes = [rows for rows in pts.layout.rows_per_path for _ in range(pts.layout.num_points)]
+    else:
+        chunk = opts.aux_chunk or n
+        sizes = [min(chunk, n - start) for start in range(0, n, chunk)]
+    slices, start = [], 0
+    for size in sizes:
+        if size > 0:
+            slices.append(slice(start, start + size))
+        start += size
+    return slices
+
+
+def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
+              null_embeds: torch.Tensor, null_pooled: torch.Tensor, draws: SoarDraws, grid: SigmaGrid,
+              soar: SoarConfig, opts: StepOptions, *, loss_scale: float = 1.0,
+              global_counts: GlobalCounts | None = None) -> LossParts:
+    """Forward and backward of one micro-batch; returns its detached `LossParts`.
+
+    z0: (B, C, H, W) float32 clean latents (already sampled from the posterior). prompt_embeds (B, L, D),
+    pooled (B, P); null_embeds (1, L, D), null_pooled (1, P): the empty prompt. Gradients of
+    `loss_scale · loss` are accumulated into the parameters (loss_scale = 1 / accumulation steps,
+    times the world size under gradient-averaging data parallelism). `global_counts(n_main, n_aux)`
+    turns this rank's counts into the counts over all ranks (an all-reduce, as a device tensor: no
+    host sync); None = one process.
+    """
+    B = z0.shape[0]
+    autocast = (torch.autocast(z0.device.type, dtype=opts.autocast_dtype) if opts.autocast_dtype
+                else contextlib.nullcontext())
+    scheme = soar.weighting_scheme
+
+    # 1. z_t0 on the grid point of t0 (float32 sigma, unlike the reference's bf16 rounding).
+    sigma0, tau0 = grid.at(draws.t0)
+    s0 = sigma0.view(-1, *([1] * (z0.ndim - 1)))
+    z_t0 = (1 - s0) * z0 + s0 * draws.z1
+
+    # 2. Main forward, with grad: the plain flow-matching loss towards z1 − z0.
+    with autocast:
+        v0 = fns.forward(z_t0, tau0, prompt_embeds, pooled)
+    main = fns.flow_loss(v0, draws.z1 - z0, loss_weight(sigma0, scheme))
+
+    # 3. Rollout forward, no grad. v_cond is the main forward's own output when reused.
+    null_e = null_embeds.expand(B, *null_embeds.shape[1:])
+    null_p = null_pooled.expand(B, *null_pooled.shape[1:])
+    with torch.set_grad_enabled(opts.rollout_grad), autocast:
+        if opts.reuse_cond:
+            v_uncond, v_cond = fns.rollout_forward(z_t0, tau0, null_e, null_p), v0
+        else:
+            v_both = fns.rollout_forward(torch.cat([z_t0, z_t0]), torch.cat([tau0, tau0]),
+                                         torch.cat([null_e, prompt_embeds]), torch.cat([null_p, pooled]))
+            v_uncond, v_cond = v_both.chunk(2)
+    v_uncond, v_cond = v_uncond.detach(), v_cond.detach()
+
+    # 4. CFG + aux points (the eager path syncs once here to count rows).
+    pts = fns.cfg_aux(z_t0, v_uncond, v_cond, z0, draws, grid, soar)
+
+    # 5. Aux forward(s), with grad. The normaliser is known now, so a chunk can be backpropagated as
+    # soon as it is computed and its activations freed (exact: the loss is linear in chunk sums).
+    n_main, n_aux = B, pts.layout.num_rows
+    if global_counts is not None:
+        n_main, n_aux = global_counts(n_main, n_aux)
+    norm = normaliser(n_main, n_aux, soar.lambda_aux)
+    per_chunk_backward = opts.aux_chunk > 0 and not opts.serial_aux
+    aux_sum = main.new_zeros(())
+    for rows in _aux_slices(pts, opts):
+        b = pts.sample_index[rows]
+        with autocast:
+            pred = fns.forward(pts.latents[rows], pts.timesteps[rows], prompt_embeds[b], pooled[b])
+        part = fns.flow_loss(pred, pts.targets[rows], loss_weight(pts.sigmas[rows], scheme)).sum()
+        if per_chunk_backward:
+            with phase("backward"):
+                (part * (soar.lambda_aux * loss_scale / norm)).backward()
+            part = part.detach()
+        aux_sum = aux_sum + part
+
+    # 6. Loss: the mean over every supervision item of every rank.
+    main_sum = main.sum()
+    loss = soar_loss(main_sum, aux_sum, n_main, n_aux, soar.lambda_aux)
+
+    # 7. Backward (`phase`: a named range for `soar-fast profile`; the other phases are named by
+    # wrapping StepFns there).
+    with phase("backward"):
+        if per_chunk_backward:
+            (main_sum * (loss_scale / norm)).backward()
+        else:
+            (loss * loss_scale).backward()
+    # Logged parts are this rank's shares of the global values (its sums over the global counts): one
+    # process logs its means; with several, the loop sums the shares over ranks on log steps, giving
+    # the global loss and mean items (the reference logs the shares alone: ≈ means / W, §8.5).
+    return LossParts(loss=loss.detach(), loss_main=main_sum.detach() / normaliser(n_main, 0, 0.0),
+                     loss_aux=aux_sum.detach() / normaliser(0, n_aux, 1.0), n_main=n_main, n_aux=n_aux)
+
+
+def drop_conditions(prompt_embeds: torch.Tensor, pooled: torch.Tensor, null_embeds: torch.Tensor,
+                    null_pooled: torch.Tensor, rate: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample conditional dropout: each sample trains on the empty prompt with probability `rate`
+    (the reference drops the whole batch at once). Always draws B uniforms so the stream advances
+    the same way whatever the outcome."""
+    keep = torch.rand(prompt_embeds.shape[0], generator=generator, device=generator.device) >= rate
+    keep = keep.to(prompt_embeds.device)
+    embeds = torch.where(keep.view(-1, 1, 1), prompt_embeds, null_embeds.to(prompt_embeds.dtype))
+    return embeds, torch.where(keep.view(-1, 1), pooled, null_pooled.to(pooled.dtype))

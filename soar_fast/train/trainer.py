@@ -1,0 +1,250 @@
+"""The Trainer, assembled in a fixed order of small steps (torchtitan style):
+
+  resolve device → random streams → data source → transformer (preset sized to the data, or
+  `model.path`) → sigma grid → eager step pieces → `apply_accel` → DDP/FSDP2 (`parallel.wrap`)
+  → optimizer → LR schedule
+
+Each builder takes only its own config section. `Trainer.train_step` is one optimizer step
+(accumulation, clipping, schedule) around `soar_step`; the loop with logging, checkpoints and
+signals is `loop.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from soar_fast.config import AccelConfig, Config, ModelConfig, RunConfig
+from soar_fast.models.transformer import build_transformer, scheduler_config, velocity_fn
+from soar_fast.parallel import (
+    Dist,
+    after_optimizer_step,
+    apply_data_parallel,
+    global_counts,
+    grad_scale,
+    gradient_sync,
+    single_process,
+    unwrap,
+)
+from soar_fast.soar import LossParts, SigmaGrid, draw
+from soar_fast.train.optim import build_lr_scheduler, build_optimizer
+from soar_fast.train.rng import RngStreams, stream_seed
+from soar_fast.train.step import StepFns, StepOptions, drop_conditions, soar_step, step_options
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(run: RunConfig) -> torch.device:
+    if run.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if run.device == "cuda" and not torch.cuda.is_available():
+        from soar_fast.config_io import ConfigError
+
+        raise ConfigError("run.device: 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(run.device)
+
+
+def build_model(model_cfg: ModelConfig, source: Any, *, seed: int, device: torch.device) -> torch.nn.Module:
+    """The transformer sized to the data (a preset adapts its input widths; a loaded model is checked).
+
+    Weights are always fp32 masters; `model.dtype` is the dtype of the exported `transformer/`.
+    """
+    model = build_transformer(model_cfg, seed=seed, in_channels=source.latent_channels,
+                              joint_attention_dim=source.null_embeds.shape[-1],
+                              pooled_projection_dim=source.null_pooled.shape[-1])
+    return model.to(device=device, dtype=torch.float32).train()
+
+
+def apply_accel(model: torch.nn.Module, fns: StepFns, accel: AccelConfig, device: torch.device) -> StepFns:
+    """Hand the model and the step pieces to `soar_fast.accel.apply_accel` (compile, CUDA graphs,
+    attention backend, float8, checkpointing, fused kernels) when that module provides it; it runs
+    before the optimizer is built because float8 swaps modules. Without it the step stays eager."""
+    try:
+        from soar_fast.accel import apply_accel as accelerate
+    except ImportError:
+        asked = [name for name in ("compile", "cuda_graphs", "float8") if getattr(accel, name)]
+        if accel.grad_checkpointing != "none":
+            asked.append("grad_checkpointing")
+        if asked:
+            log.warning("accel: soar_fast.accel.apply_accel is not available; ignoring %s", ", ".join(asked))
+        return fns
+    return accelerate(model, fns, accel, device=device)
+
+
+@dataclass
+class StepResult:
+    """One optimizer step's device-side numbers (reading them is a host sync)."""
+
+    loss: torch.Tensor
+    loss_main: torch.Tensor
+    loss_aux: torch.Tensor
+    grad_norm: torch.Tensor
+    samples: int
+    tokens: int
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    device: torch.device
+    model: torch.nn.Module
+    fns: StepFns
+    opts: StepOptions
+    grid: SigmaGrid
+    source: Any
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    rngs: RngStreams
+    rank: int = 0
+    world: int = 1
+    step: int = 0
+    dist: Dist = field(default_factory=Dist)
+    _batches: Any = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, cfg: Config, *, source: Any = None, rank: int = 0, world: int = 1,
+              dist: Dist | None = None) -> Trainer:
+        """`dist`: this process's place in the job (`parallel.init_distributed`); None = one process
+        (then `rank`/`world` only shard the data, as tests of one rank's view do)."""
+        if dist is not None:
+            device, rank, world = dist.device, dist.rank, dist.world
+        else:
+            device = resolve_device(cfg.run)
+            dist = single_process(device)
+        rngs = RngStreams(cfg.train.seed, rank, device)
+        if source is None:
+            from soar_fast.data.source import build_source
+
+            source = build_source(cfg, rank=rank, world=world, device=device, dtype=torch.float32,
+                                  output_dir=cfg.run.output_dir)
+        # Same initial weights on every rank: the init seed ignores the rank.
+        model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
+        grid = SigmaGrid.from_scheduler_config(scheduler_config(cfg.model)).to(device)
+        forward = velocity_fn(model)
+        fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), cfg.accel, device)
+        # Data parallelism last (torchtitan's order). FSDP2 shards `model` in place; DDP returns a wrapper
+        # that the gradient-carrying forwards must go through (its hooks all-reduce the gradients); the
+        # no-grad rollout forward keeps the bare module.
+        wrapped = apply_data_parallel(model, cfg.parallel, dist, autocast_bf16=cfg.train.mixed_precision == "bf16")
+        if wrapped is not model:
+            fns = replace(fns, forward=velocity_fn(wrapped))
+        if cfg.parallel.strategy == "fsdp2" and type(fns.rollout_forward).__name__ == "GraphedForward":
+            # FSDP2's forward all-gathers (and frees) the weights in hooks: not capturable in a CUDA graph.
+            log.warning("accel.cuda_graphs: off under parallel.strategy = fsdp2 (forwards all-gather weights)")
+            fns = replace(fns, rollout_forward=velocity_fn(wrapped))
+        model = wrapped
+        opts = step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)
+        optimizer = build_optimizer(cfg.optim, model.parameters(), state=cfg.accel.optimizer, device=device)
+        lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
+        return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
+                   optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that logs, plots, shows progress and writes exports."""
+        return self.dist.is_main
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Checkpoints in torch.distributed.checkpoint format (FSDP2 or several processes)."""
+        from soar_fast.parallel.resume import uses_sharded_checkpoints
+
+        return uses_sharded_checkpoints(self.cfg.parallel, self.dist)
+
+    # ------------------------------------------------------------------------------------------ step
+
+    def next_batch(self):
+        if self._batches is None:
+            self._batches = iter(self.source)
+        return next(self._batches)  # the source is endless: it moves to the next epoch by itself
+
+    def train_step(self) -> StepResult:
+        """One optimizer step: `train.gradient_accumulation_steps` micro-batches, clip, AdamW, schedule."""
+        accum = max(int(self.cfg.train.gradient_accumulation_steps), 1)
+        soar, data = self.cfg.soar, self.cfg.data
+        null_e = self.source.null_embeds.to(self.device)
+        null_p = self.source.null_pooled.to(self.device)
+        totals: list[LossParts] = []
+        samples = tokens = 0
+        for micro in range(accum):
+            batch = self.next_batch()
+            mean = batch.latent_mean.to(self.device, torch.float32)
+            z0 = mean
+            if batch.latent_std is not None:
+                eps = torch.randn(mean.shape, generator=self.rngs["posterior"], device=self.device)
+                z0 = mean + batch.latent_std.to(self.device, torch.float32) * eps
+            embeds, pooled = batch.prompt_embeds.to(self.device), batch.pooled.to(self.device)
+            if data.cond_dropout_rate > 0:
+                embeds, pooled = drop_conditions(embeds, pooled, null_e, null_p, data.cond_dropout_rate,
+                                                 self.rngs["dropout"])
+            draws = draw(z0.shape, generator=self.rngs["soar"], num_points=soar.trajectory_length,
+                         num_paths=soar.num_rollout_paths, weighting_scheme=soar.weighting_scheme,
+                         logit_mean=soar.logit_mean, logit_std=soar.logit_std, mode_scale=soar.mode_scale,
+                         device=self.device)
+            # Global counts: one all-reduce per micro-batch; × W undoes DDP/FSDP2's gradient averaging
+            # (parallel/counts.py).
+            counts = functools.partial(global_counts, d=self.dist) if self.dist.world > 1 else None
+            # DDP all-reduces gradients on the last micro-batch only (FSDP2 keeps reduce-scattering each
+            # one: skipping it would hold unsharded gradients between micro-batches).
+            sync = micro == accum - 1 or self.cfg.parallel.strategy != "ddp"
+            with gradient_sync(self.model, sync):
+                totals.append(soar_step(self.fns, z0, embeds, pooled, null_e, null_p, draws, self.grid, soar,
+                                        self.opts, loss_scale=grad_scale(self.dist) / accum, global_counts=counts))
+            samples += z0.shape[0] * self.world
+            patch = int(unwrap(self.model).config.patch_size)
+            tokens += z0.shape[0] * self.world * ((z0.shape[-2] // patch) * (z0.shape[-1] // patch) + embeds.shape[1])
+        grad_norm = self.clip_gradients()
+        return StepResult(loss=sum(p.loss for p in totals) / accum,
+                          loss_main=sum(p.loss_main for p in totals) / accum,
+                          loss_aux=sum(p.loss_aux for p in totals) / accum,
+                          grad_norm=grad_norm, samples=samples, tokens=tokens)
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Global grad norm (device tensor, no sync), clipped to `optim.max_grad_norm` unless 0."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.optim.max_grad_norm
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # FSDP2: the norm of sharded gradients is a DTensor; its value (a collective, no host sync).
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def apply_update(self) -> None:
+        self.optimizer.step()
+        after_optimizer_step(self.model)  # float8 + FSDP2: next all-gather's weight scales (else no-op)
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def skip_update(self) -> None:
+        """Drop this step's gradients (non-finite loss with `train.on_nonfinite = "skip"`); the
+        schedule still advances so the LR stays a function of the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.lr_scheduler.get_last_lr()[0])
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights needed to continue bit for bit (weights go to safetensors)."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(), "rng": self.rngs.state_dict(),
+                "data": self.source.state_dict(), "world": self.world}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("world", 1)) != self.world:
+            log.warning("resuming a world-size-%s run on %s ranks: data order and noise will differ",
+                        state.get("world"), self.world)
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.rngs.load_state_dict(state["rng"])
+        self.source.load_state_dict(state["data"])
+        self._batches = None

@@ -1,0 +1,41 @@
+"""Training previews: a fixed grid per step, to PNG and TensorBoard, the module's mode restored."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from soar_fast.config_io import load_config
+from soar_fast.eval.preview import build_preview, render_preview
+from soar_fast.models.transformer import build_transformer
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.images: list[tuple[str, np.ndarray, int]] = []
+
+    def add_image(self, tag, img, step, dataformats):
+        assert dataformats == "HWC"
+        self.images.append((tag, img, step))
+
+
+def test_preview_grid_is_fixed_and_logged(tmp_path):
+    cfg = load_config(None, ["--model.resolution=32", "--eval.preview_steps=2", "--data.max_sequence_length=8",
+                             "--eval.preview_prompts=a cat,a dog,a red circle"])
+    preview = build_preview(cfg, "cpu")
+    transformer = build_transformer(cfg.model).train()
+    writer = FakeWriter()
+    path = render_preview(transformer, preview, step=5, output_dir=str(tmp_path), writer=writer)
+    assert path == str(tmp_path / "samples" / "step-0000005.png")
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (32, 3 * 32 + 2 * 2, 3)  # one row: three 32 px images, 2 px gaps
+    assert writer.images[0][0] == "samples" and writer.images[0][2] == 5
+    assert transformer.training and all(p.grad is None for p in transformer.parameters())
+    again = render_preview(transformer, preview, step=6, output_dir=str(tmp_path))
+    assert np.array_equal(np.asarray(Image.open(again)), grid)  # same weights, same seeds: same grid
+    assert render_preview(transformer, preview, step=7, output_dir=str(tmp_path), write=False) is None
+    with torch.no_grad():
+        next(iter(transformer.parameters())).add_(1.0)
+    assert not np.array_equal(np.asarray(Image.open(render_preview(transformer, preview, step=8,
+                                                                   output_dir=str(tmp_path)))), grid)

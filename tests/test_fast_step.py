@@ -1,0 +1,127 @@
+"""The fast step equals the eager objective: each `[accel]` switch alone, and all CPU-capable together.
+
+Tiny preset, float32, CPU, injected draws. The oracle is `soar_fast.soar.reference_loss` (plainest
+eager, reference order) on an untouched copy of the model; the step under test is `soar_step` with
+the `StepFns`/`StepOptions` the trainer builds (`apply_accel`, `step_options`). Loss within
+`STEP_LOSS_RTOL`, every parameter gradient within `STEP_GRAD` (tests/tolerances.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from soar_fast.accel import apply_accel
+from soar_fast.config import AccelConfig, SoarConfig
+from soar_fast.models.transformer import PRESETS, velocity_fn
+from soar_fast.soar import SigmaGrid, draw, reference_loss
+from soar_fast.train.step import StepFns, soar_step, step_options
+from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL
+
+B, C, HW, L = 3, 16, 8, 12
+# Every switch off: the fast mode's code path doing the eager objective's work.
+ALL_OFF = AccelConfig(rollout_reuse_cond=False, batched_aux=False, aux_chunk=0, compile=False, cuda_graphs=False,
+                      attention="sdpa", float8=False, optimizer="adamw", grad_checkpointing="none",
+                      fused_kernels=False)
+# Every switch that runs on a CPU (compile is below, with its own cost note).
+ALL_CPU = {"rollout_reuse_cond": True, "batched_aux": True, "aux_chunk": 5, "attention": "auto",
+               "grad_checkpointing": "selective", "fused_kernels": True, "aux_kernel": "auto"}
+
+SINGLE = {
+    "all_off": {},
+    "rollout_reuse_cond": {"rollout_reuse_cond": True},
+    "batched_aux": {"batched_aux": True},
+    "aux_chunk": {"batched_aux": True, "aux_chunk": 4},
+    "attention_auto": {"attention": "auto"},
+    "ckpt_full": {"grad_checkpointing": "full"},
+    "ckpt_selective": {"grad_checkpointing": "selective"},
+    "fused_kernels": {"fused_kernels": True, "aux_kernel": "auto"},
+    "fused_kernels_eager": {"fused_kernels": True, "aux_kernel": "eager"},
+}
+
+
+def tiny_model() -> torch.nn.Module:
+    from diffusers import SD3Transformer2DModel
+
+    config = dict(PRESETS["tiny"], joint_attention_dim=24, pooled_projection_dim=20)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return SD3Transformer2DModel(**config).train()
+
+
+def batch(paths: int):
+    g = torch.Generator().manual_seed(123)
+    z0 = torch.randn(B, C, HW, HW, generator=g)
+    embeds, pooled = torch.randn(B, L, 24, generator=g), torch.randn(B, 20, generator=g)
+    null_e, null_p = torch.randn(1, L, 24, generator=g), torch.randn(1, 20, generator=g)
+    draws = draw(z0.shape, generator=g, num_points=4, num_paths=paths)
+    return z0, embeds, pooled, null_e, null_p, draws
+
+
+def soar_cfg(paths: int) -> SoarConfig:
+    return SoarConfig(trajectory_length=4, num_rollout_paths=paths, rollout_kind="flow_sde")
+
+
+def oracle(model, paths: int):
+    soar = soar_cfg(paths)
+    z0, embeds, pooled, null_e, null_p, draws = batch(paths)
+    parts = reference_loss(velocity_fn(model), z0, embeds, pooled, null_e, null_p, SigmaGrid(), draws,
+                           cfg_scale=soar.cfg_scale, num_sampling_steps=soar.num_sampling_steps,
+                           lambda_aux=soar.lambda_aux, weighting_scheme=soar.weighting_scheme,
+                           kind=soar.rollout_kind, noise_scale=soar.noise_scale)
+    parts.loss.backward()
+    return parts.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def fast(model, accel: AccelConfig, paths: int):
+    forward = velocity_fn(model)
+    fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), accel, device="cpu")
+    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(accel))
+    return parts.loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def check(accel: AccelConfig, paths: int = 1) -> None:
+    base = tiny_model()
+    model = copy.deepcopy(base)
+    loss_ref, grads_ref = oracle(base, paths)
+    loss, grads = fast(model, accel, paths)
+    torch.testing.assert_close(loss, loss_ref, rtol=STEP_LOSS_RTOL, atol=0.0)
+    assert grads.keys() == grads_ref.keys()
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads[name], g, rtol=STEP_GRAD[0], atol=STEP_GRAD[1], msg=name)
+
+
+@pytest.mark.parametrize("name", list(SINGLE))
+def test_single_switch(name):
+    check(dataclasses.replace(ALL_OFF, **SINGLE[name]))
+
+
+@pytest.mark.parametrize("paths", [1, 2])
+def test_all_cpu_switches_together(paths):
+    check(dataclasses.replace(ALL_OFF, **ALL_CPU), paths=paths)
+
+
+def test_reference_mode():
+    # The baseline: grad-enabled [uncond; cond] rollout, serial aux forwards, diffusers checkpointing.
+    check(AccelConfig(mode="reference"))
+
+
+def test_compile_switch(monkeypatch):
+    # aot_eager: dynamo + AOT autograd through the whole step wiring in seconds; inductor's code
+    # generation is checked per block in tests/test_accel_compile.py (slow) and below.
+    import soar_fast.accel.compile as compile_mod
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_mod, "DEFAULT_BACKEND", "aot_eager")
+    # Every distinct (batch, grad mode) recompiles each block type (dynamic=False): keep to three
+    # shapes here; chunks and selective checkpointing under compile are in test_accel_compile.py.
+    check(dataclasses.replace(ALL_OFF, **dict(ALL_CPU, aux_chunk=0, grad_checkpointing="none"), compile=True))
+
+
+@pytest.mark.slow
+def test_compile_switch_inductor():
+    torch._dynamo.reset()
+    check(dataclasses.replace(ALL_OFF, **ALL_CPU, compile=True))
