@@ -108,7 +108,7 @@ class AccelReport:
 
 
 def apply_accelerations(transformer: torch.nn.Module, accel: Any, device: torch.device | str,
-                        *, aux_kernel_name: str | None = None) -> AccelReport:
+                        *, aux_kernel_name: str | None = None, float8_all_gather: bool = False) -> AccelReport:
     """Apply the module-level switches of `accel` (an `AccelConfig`) to `transformer` in place.
 
     Call once, after the model is on `device` and in its training dtype, before building the
@@ -123,7 +123,8 @@ def apply_accelerations(transformer: torch.nn.Module, accel: Any, device: torch.
         compiled = "off"
     else:
         attention = apply_attention(transformer, accel.attention, device, compiling=bool(accel.compile))
-        f8 = apply_float8(transformer, accel.float8_recipe, device) if accel.float8 else "off"
+        f8 = (apply_float8(transformer, accel.float8_recipe, device, fsdp_float8_all_gather=float8_all_gather)
+              if accel.float8 else "off")
         ckpt = apply_checkpointing(transformer, accel.grad_checkpointing)
         fullgraph = "untraceable" not in attention
         compiled = apply_compile(transformer, fullgraph=fullgraph) if accel.compile else "off"
@@ -151,13 +152,17 @@ def accelerate_step_fns(fns: Any, accel: Any, device: torch.device | str) -> tup
     return (dataclasses.replace(fns, **changes) if changes else fns), kernel_name
 
 
-def apply_accel(model: torch.nn.Module, fns: Any, accel: Any, *, device: torch.device | str) -> Any:
+def apply_accel(model: torch.nn.Module, fns: Any, accel: Any, *, device: torch.device | str,
+                float8_all_gather: bool = False) -> Any:
     """The trainer's hook: accelerate `model` in place and return the accelerated `StepFns`.
 
-    The report of what is on is logged and kept on the model as `soar_accel_report`.
+    `float8_all_gather`: the model will be FSDP2-sharded and should all-gather float8 weights
+    (decided by the caller, which knows the parallel strategy). The report of what is on is logged
+    and kept on the model as `soar_accel_report`.
     """
     fns, kernel_name = accelerate_step_fns(fns, accel, device)
-    report = apply_accelerations(model, accel, device, aux_kernel_name=kernel_name)
+    report = apply_accelerations(model, accel, device, aux_kernel_name=kernel_name,
+                                 float8_all_gather=float8_all_gather)
     # Not a parameter or buffer: invisible to state dicts and checkpoints.
     object.__setattr__(model, "soar_accel_report", report)
     return fns

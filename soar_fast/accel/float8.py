@@ -12,6 +12,7 @@ Recipes: `tensorwise` (fastest), `rowwise`, `rowwise_with_gw_hp` (more accurate;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -48,8 +49,12 @@ def check_float8_supported(device: torch.device | str) -> None:
 
 
 def apply_float8(transformer: torch.nn.Module, recipe: str, device: torch.device | str, *,
-                 min_features: int = 1024) -> str:
-    """Swap the selected Linears for torchao `Float8Linear` in place; return a description."""
+                 min_features: int = 1024, fsdp_float8_all_gather: bool = False) -> str:
+    """Swap the selected Linears for torchao `Float8Linear` in place; return a description.
+
+    `fsdp_float8_all_gather`: FSDP2 all-gathers the weights already cast to float8 (half the bytes of
+    bf16); torchao supports it for the tensorwise recipe, and the trainer then precomputes the scales
+    after each optimizer step (`parallel.wrap.after_optimizer_step`)."""
     check_float8_supported(device)
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
@@ -58,7 +63,10 @@ def apply_float8(transformer: torch.nn.Module, recipe: str, device: torch.device
     keep = float8_module_filter(min_features)
     selected = [name for name, m in transformer.named_modules() if keep(m, name)]
     config = Float8LinearConfig.from_recipe_name(recipe)
+    if fsdp_float8_all_gather:
+        config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
     convert_to_float8_training(transformer, config=config, module_filter_fn=keep)
-    desc = f"float8 {recipe} on {len(selected)} Linear layers (min features {min_features})"
+    desc = (f"float8 {recipe} on {len(selected)} Linear layers (min features {min_features}"
+            f"{', float8 all-gather' if fsdp_float8_all_gather else ''})")
     log.info("float8: %s", desc)
     return desc

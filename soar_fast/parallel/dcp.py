@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from soar_fast.train.checkpoint import publish_folder
 
 from .env import Dist
 
@@ -125,17 +126,7 @@ def atomic_folder(final: str, d: Dist) -> Iterator[str]:
     yield tmp
     d.barrier()
     if d.is_main:
-        _fsync_tree(tmp)
-        if os.path.exists(final):
-            # A non-empty folder cannot be replaced by a rename: move the old one aside first; between
-            # the two renames `final` is missing, never half-written.
-            old = os.path.join(parent, f".old-{name}-{tag}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(parent)
+        publish_folder(tmp, final, tag)
     d.barrier()
 
 
@@ -146,24 +137,3 @@ def _quiet_no_dist(d: Dist) -> Iterator[None]:
         if not d.has_group:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         yield
-
-
-def _fsync_tree(path: str) -> None:
-    """Flush the files to disk before the rename makes them a checkpoint (a crash after the rename
-    must not leave complete-looking empty files)."""
-    for root, _, files in os.walk(path):
-        for fname in files:
-            fd = os.open(os.path.join(root, fname), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -123,6 +123,23 @@ def remove_partial_saves(output_dir: str) -> None:
                 os.replace(path, original)
 
 
+def publish_folder(tmp: str, final: str, tag: str) -> None:
+    """Flush the finished folder `tmp` to disk and move it to `final`, replacing an older `final`."""
+    parent, name = os.path.split(os.path.normpath(final))
+    _fsync_tree(tmp)
+    if os.path.exists(final):
+        # A directory cannot be replaced by rename while non-empty: move the old one aside first.
+        # Between these two renames `final` is missing, never half-written.
+        old = os.path.join(parent, f".old-{name}-{tag}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(parent)
+
+
 def save_folder_atomically(final: str, write: Any) -> None:
     """Call `write(tmp_dir)`, then move `tmp_dir` to `final` (replacing an older `final`)."""
     parent, name = os.path.split(os.path.normpath(final))
@@ -131,18 +148,7 @@ def save_folder_atomically(final: str, write: Any) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     write(tmp)
-    _fsync_tree(tmp)
-    if os.path.exists(final):
-        # A directory cannot be replaced by rename while non-empty: move the old one aside first.
-        # Between these two renames `final` is missing, never half-written.
-        old = os.path.join(parent, f".old-{name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(parent)
+    publish_folder(tmp, final, str(os.getpid()))
 
 
 def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module, state: dict[str, Any],

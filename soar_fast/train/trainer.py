@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 
-from soar_fast.config import AccelConfig, Config, ModelConfig, RunConfig
+from soar_fast.accel import apply_accel
+from soar_fast.config import Config, ModelConfig, RunConfig
 from soar_fast.models.transformer import build_transformer, scheduler_config, velocity_fn
 from soar_fast.parallel import (
     Dist,
     after_optimizer_step,
     apply_data_parallel,
+    float8_fsdp_options,
     global_counts,
     grad_scale,
     gradient_sync,
@@ -57,22 +59,6 @@ def build_model(model_cfg: ModelConfig, source: Any, *, seed: int, device: torch
                               joint_attention_dim=source.null_embeds.shape[-1],
                               pooled_projection_dim=source.null_pooled.shape[-1])
     return model.to(device=device, dtype=torch.float32).train()
-
-
-def apply_accel(model: torch.nn.Module, fns: StepFns, accel: AccelConfig, device: torch.device) -> StepFns:
-    """Hand the model and the step pieces to `soar_fast.accel.apply_accel` (compile, CUDA graphs,
-    attention backend, float8, checkpointing, fused kernels) when that module provides it; it runs
-    before the optimizer is built because float8 swaps modules. Without it the step stays eager."""
-    try:
-        from soar_fast.accel import apply_accel as accelerate
-    except ImportError:
-        asked = [name for name in ("compile", "cuda_graphs", "float8") if getattr(accel, name)]
-        if accel.grad_checkpointing != "none":
-            asked.append("grad_checkpointing")
-        if asked:
-            log.warning("accel: soar_fast.accel.apply_accel is not available; ignoring %s", ", ".join(asked))
-        return fns
-    return accelerate(model, fns, accel, device=device)
 
 
 @dataclass
@@ -125,7 +111,9 @@ class Trainer:
         model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
         grid = SigmaGrid.from_scheduler_config(scheduler_config(cfg.model)).to(device)
         forward = velocity_fn(model)
-        fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), cfg.accel, device)
+        fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), cfg.accel, device=device,
+                          float8_all_gather=float8_fsdp_options(cfg.parallel.strategy, cfg.accel.float8_recipe)[
+                              "enable_fsdp_float8_all_gather"])
         # Data parallelism last (torchtitan's order). FSDP2 shards `model` in place; DDP returns a wrapper
         # that the gradient-carrying forwards must go through (its hooks all-reduce the gradients); the
         # no-grad rollout forward keeps the bare module.
