@@ -33,7 +33,8 @@ def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr
         alpha = tl.minimum(tl.maximum((sp - s1) * inv_span, 0.0), 1.0)
         zp = (1.0 - alpha) * z1p + alpha * z1
         tgt = (zp - z0) * tl.div_rn(1.0, sp)  # IEEE reciprocal: the eager twin's `1.0 / sp`
-        m = mask & (row >= 0)
+        # Compare as a vector: triton 3.9's interpreter rejects a mask built from a scalar predicate.
+        m = mask & ((tl.zeros_like(offs) + row) >= 0)
         dst = row.to(tl.int64) * chw + offs
         tl.store(lat_ptr + dst, zp.to(lat_ptr.dtype.element_ty), mask=m)
         tl.store(tgt_ptr + dst, tgt.to(tgt_ptr.dtype.element_ty), mask=m)

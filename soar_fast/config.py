@@ -163,7 +163,9 @@ class AccelConfig:
     aux_chunk: int = 0
     """Largest aux forward batch (0 = all at once); backward per chunk is exact."""
     fuse_main_into_aux: bool = False
-    """Run the main batch in the same forward as the aux points."""
+    """Run the main batch in the same grad forward as the (first chunk of the) aux points: one larger
+    forward instead of two. Needs `rollout_reuse_cond = false` (the rollout then computes the conditional
+    CFG branch itself: one extra no-grad conditional forward) and `batched_aux = true`."""
     compile: Optional[bool] = None
     """torch.compile each transformer block (fullgraph). None (`"none"` in TOML) = on where it pays:
     on with CUDA, off on CPU (compiling costs more than a CPU demo run saves)."""

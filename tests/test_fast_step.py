@@ -16,6 +16,7 @@ import torch
 
 from soar_fast.accel import apply_accel
 from soar_fast.config import AccelConfig, SoarConfig
+from soar_fast.config_io import ConfigError
 from soar_fast.models.transformer import PRESETS, velocity_fn
 from soar_fast.soar import SigmaGrid, draw, reference_loss
 from soar_fast.train.step import StepFns, soar_step, step_options
@@ -76,18 +77,22 @@ def oracle(model, paths: int):
     return parts.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def fast(model, accel: AccelConfig, paths: int):
+def fast(model, accel: AccelConfig, paths: int, world: int = 1):
     forward = velocity_fn(model)
     fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), accel, device="cpu")
-    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(accel))
-    return parts.loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+    # `world` identical ranks: global counts are this rank's times W (device tensors, as all-reduced),
+    # and loss_scale = W undoes DDP's gradient averaging, so the gradient is the one-process gradient.
+    counts = (lambda m, a: (torch.as_tensor(m) * world, torch.as_tensor(a) * world)) if world > 1 else None
+    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(accel),
+                      loss_scale=float(world), global_counts=counts)
+    return parts.loss * world, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def check(accel: AccelConfig, paths: int = 1) -> None:
+def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> None:
     base = tiny_model()
     model = copy.deepcopy(base)
     loss_ref, grads_ref = oracle(base, paths)
-    loss, grads = fast(model, accel, paths)
+    loss, grads = fast(model, accel, paths, world)
     torch.testing.assert_close(loss, loss_ref, rtol=STEP_LOSS_RTOL, atol=0.0)
     assert grads.keys() == grads_ref.keys()
     for name, g in grads_ref.items():
@@ -102,6 +107,37 @@ def test_single_switch(name):
 @pytest.mark.parametrize("paths", [1, 2])
 def test_all_cpu_switches_together(paths):
     check(dataclasses.replace(ALL_OFF, **ALL_CPU), paths=paths)
+
+
+# Main rows in front of the first aux forward; the rollout computes the conditional branch itself.
+FUSED = {"rollout_reuse_cond": False, "batched_aux": True, "fuse_main_into_aux": True}
+
+
+# aux_chunk 5: smaller than the 12 (P=1) or up to 24 (P=2) aux rows and dividing neither, so main rides
+# in a partial-size first chunk that is backpropagated on its own.
+@pytest.mark.parametrize("paths", [1, 2])
+@pytest.mark.parametrize("aux_chunk", [0, 5])
+def test_fuse_main_into_aux(aux_chunk, paths):
+    check(dataclasses.replace(ALL_OFF, **FUSED, aux_chunk=aux_chunk), paths=paths)
+
+
+@pytest.mark.parametrize("aux_chunk", [0, 5])
+def test_fuse_main_with_other_switches_and_global_counts(aux_chunk):
+    # Main's share must be backpropagated once, scaled by the global normaliser, also per chunk.
+    changes = dict(ALL_CPU, **FUSED, aux_chunk=aux_chunk)
+    check(dataclasses.replace(ALL_OFF, **changes), paths=2, world=2)
+
+
+@pytest.mark.parametrize("changes, other_key", [
+    ({"rollout_reuse_cond": True}, "accel.rollout_reuse_cond"),
+    ({"rollout_reuse_cond": False, "batched_aux": False}, "accel.batched_aux"),
+])
+def test_fuse_main_config_errors(changes, other_key):
+    with pytest.raises(ConfigError, match="accel.fuse_main_into_aux") as err:
+        step_options(AccelConfig(fuse_main_into_aux=True, **changes))
+    assert other_key in str(err.value)
+    # The reference baseline ignores every switch, this one too.
+    assert not step_options(AccelConfig(mode="reference", fuse_main_into_aux=True, **changes)).fuse_main
 
 
 def test_reference_mode():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from soar_fast.config import AccelConfig, SoarConfig
+from soar_fast.config_io import ConfigError
 from soar_fast.soar import AuxPoints, LossParts, SigmaGrid, SoarDraws, aux_points, cfg_combine, loss_weight
 from soar_fast.soar.loss import Count, normaliser, soar_loss, weighted_mse
 from soar_fast.train.profile import phase
@@ -66,8 +67,16 @@ class StepOptions:
     aux_chunk: int = 0
     """Largest aux forward in rows (0 = all rows at once); each chunk is backpropagated at once,
     which is exact because the normaliser is known before the first chunk."""
+    fuse_main: bool = False
+    """The main rows ride in front of the first aux forward (B + aux_chunk rows, or B + all aux rows)
+    instead of a forward of their own; needs the conditional CFG branch from the rollout forward
+    (`reuse_cond = False`) and batched aux forwards (`serial_aux = False`)."""
     autocast_dtype: torch.dtype | None = None
     """bf16 autocast of the forwards (`train.mixed_precision`); None = full precision."""
+
+    def __post_init__(self) -> None:
+        if self.fuse_main and (self.reuse_cond or self.serial_aux):
+            raise ValueError("StepOptions: fuse_main needs reuse_cond=False and serial_aux=False")
 
 
 def step_options(accel: AccelConfig, *, mixed_precision: str = "no") -> StepOptions:
@@ -76,10 +85,15 @@ def step_options(accel: AccelConfig, *, mixed_precision: str = "no") -> StepOpti
     autocast = torch.bfloat16 if mixed_precision == "bf16" else None
     if accel.mode == "reference":
         return StepOptions(reuse_cond=False, rollout_grad=True, serial_aux=True, autocast_dtype=autocast)
-    if accel.fuse_main_into_aux:
-        raise NotImplementedError("accel.fuse_main_into_aux is not implemented yet; set it to false")
+    if accel.fuse_main_into_aux and accel.rollout_reuse_cond:
+        raise ConfigError("accel.fuse_main_into_aux needs accel.rollout_reuse_cond = false (the main output "
+                          "is the conditional CFG branch otherwise, needed before the aux rows exist)")
+    if accel.fuse_main_into_aux and not accel.batched_aux:
+        raise ConfigError("accel.fuse_main_into_aux needs accel.batched_aux = true (there is no single "
+                          "aux forward to fuse the main batch into otherwise)")
     return StepOptions(reuse_cond=accel.rollout_reuse_cond, serial_aux=not accel.batched_aux,
-                       aux_chunk=max(int(accel.aux_chunk), 0), autocast_dtype=autocast)
+                       aux_chunk=max(int(accel.aux_chunk), 0), fuse_main=accel.fuse_main_into_aux,
+                       autocast_dtype=autocast)
 
 
 def _aux_slices(pts: AuxPoints, opts: StepOptions) -> list[slice]:
@@ -120,10 +134,14 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     s0 = sigma0.view(-1, *([1] * (z0.ndim - 1)))
     z_t0 = (1 - s0) * z0 + s0 * draws.z1
 
-    # 2. Main forward, with grad: the plain flow-matching loss towards z1 − z0.
-    with autocast:
-        v0 = fns.forward(z_t0, tau0, prompt_embeds, pooled)
-    main = fns.flow_loss(v0, draws.z1 - z0, loss_weight(sigma0, scheme))
+    # 2. Main forward, with grad: the plain flow-matching loss towards z1 − z0. With `fuse_main` these
+    # rows run in front of the first aux forward instead (step 5).
+    main_rows = (z_t0, tau0, prompt_embeds, pooled)
+    main_target, main_weight = draws.z1 - z0, loss_weight(sigma0, scheme)
+    if not opts.fuse_main:
+        with autocast:
+            v0 = fns.forward(*main_rows)
+        main = fns.flow_loss(v0, main_target, main_weight)
 
     # 3. Rollout forward, no grad. v_cond is the main forward's own output when reused.
     null_e = null_embeds.expand(B, *null_embeds.shape[1:])
@@ -147,15 +165,26 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
         n_main, n_aux = global_counts(n_main, n_aux)
     norm = normaliser(n_main, n_aux, soar.lambda_aux)
     per_chunk_backward = opts.aux_chunk > 0 and not opts.serial_aux
-    aux_sum = main.new_zeros(())
+    aux_sum = z0.new_zeros((), dtype=torch.float32)
     for rows in _aux_slices(pts, opts):
         b = pts.sample_index[rows]
+        inputs = (pts.latents[rows], pts.timesteps[rows], prompt_embeds[b], pooled[b])
+        # Fused main: one larger grad forward instead of two (fewer launches, taller GEMMs on a GPU),
+        # paid for by the conditional rollout half that `reuse_cond` would have saved. Off by default.
+        with_main = opts.fuse_main and rows.start == 0
+        if with_main:
+            inputs = tuple(torch.cat(pair) for pair in zip(main_rows, inputs))
         with autocast:
-            pred = fns.forward(pts.latents[rows], pts.timesteps[rows], prompt_embeds[b], pooled[b])
+            pred = fns.forward(*inputs)
+        if with_main:
+            v0, pred = pred.split([B, pred.shape[0] - B])
+            main = fns.flow_loss(v0, main_target, main_weight)
         part = fns.flow_loss(pred, pts.targets[rows], loss_weight(pts.sigmas[rows], scheme)).sum()
         if per_chunk_backward:
+            # A fused main shares this chunk's graph, so it goes back here, once (not in step 7).
+            chunk_sum = soar.lambda_aux * part + (main.sum() if with_main else 0.0)
             with phase("backward"):
-                (part * (soar.lambda_aux * loss_scale / norm)).backward()
+                (chunk_sum * (loss_scale / norm)).backward()
             part = part.detach()
         aux_sum = aux_sum + part
 
@@ -166,10 +195,10 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     # 7. Backward (`phase`: a named range for `soar-fast profile`; the other phases are named by
     # wrapping StepFns there).
     with phase("backward"):
-        if per_chunk_backward:
-            (main_sum * (loss_scale / norm)).backward()
-        else:
+        if not per_chunk_backward:
             (loss * loss_scale).backward()
+        elif not opts.fuse_main:
+            (main_sum * (loss_scale / norm)).backward()
     # Logged parts are this rank's shares of the global values (its sums over the global counts): one
     # process logs its means; with several, the loop sums the shares over ranks on log steps, giving
     # the global loss and mean items (the reference logs the shares alone: ≈ means / W, §8.5).
