@@ -16,6 +16,14 @@ import pytest
 import torch
 
 RESULTS_DIR = Path(os.environ.get("SOAR_FAST_BENCH_RESULTS", Path(__file__).parent / "results"))
+
+
+def table_path(stem: str) -> Path:
+    """Where a run's markdown table goes: bench/results/ holds GPU measurements only (they are
+    committed); a CPU run writes beside pytest-benchmark's own files in .benchmarks/."""
+    if torch.cuda.is_available():
+        return RESULTS_DIR / f"{stem}.md"
+    return Path(__file__).resolve().parents[1] / ".benchmarks" / f"{stem}-cpu.md"
 COLD_SPAN_BYTES = 256 * 2**20
 
 
@@ -104,11 +112,11 @@ class Recorder:
 
 @pytest.fixture(scope="session")
 def results_table():
-    """Rows of this session; written as bench/results/kernels.md beside pytest-benchmark's JSON."""
+    """Rows of this session; written as a markdown table at `table_path("kernels")`."""
     rows: list[dict] = []
     yield rows
     if rows:
-        write_markdown_table(rows, RESULTS_DIR / "kernels.md")
+        write_markdown_table(rows, table_path("kernels"))
 
 
 @pytest.fixture

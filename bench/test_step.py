@@ -25,12 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from bench.conftest import table_path
 from bench.step_table import step_table, write_step_table
 from soar_fast.accel import apply_accel
 from soar_fast.accel.flops import fast_work, measure_peak_flops, reference_work, step_flops
@@ -40,8 +39,6 @@ from soar_fast.models.transformer import build_transformer, velocity_fn
 from soar_fast.soar import SigmaGrid, draw
 from soar_fast.train.step import StepFns, soar_step, step_options
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(os.environ.get("SOAR_FAST_BENCH_RESULTS", REPO / "bench" / "results"))
 CUDA = torch.cuda.is_available()
 
 K = 6
@@ -89,7 +86,7 @@ def step_rows(request):
     yield rows
     if not rows:
         return
-    path = RESULTS_DIR / "step.md" if CUDA else REPO / ".benchmarks" / "step-cpu.md"
+    path = table_path("step")
     write_step_table(rows, path)
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
