@@ -10,7 +10,7 @@ demo value differs from the reference says so. Loading, overrides and error repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ModelConfig:
     preset: Literal["tiny", "sd35m"] = "tiny"
     """Built-in architecture with random weights: `tiny` (CPU seconds per step) or `sd35m`
     (the SD3.5-Medium transformer). Ignored when `path` is set."""
-    path: Optional[str] = None
+    path: str | None = None
     """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
     Loaded with local files only: nothing is ever downloaded."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -48,9 +48,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    jsonl: Optional[str] = None
+    jsonl: str | None = None
     """Reference-format JSONL (md5, caption_en, bw, bh per line). None = the generated demo set."""
-    image_dir: Optional[str] = None
+    image_dir: str | None = None
     """Folder holding `<md5>.jpg|.png|.webp`. Defaults to the JSONL's folder."""
     batch_size: int = 4
     """Samples per process per micro-step (reference: 4 per GPU)."""
@@ -60,7 +60,7 @@ class DataConfig:
     """Horizontal flip with p = 0.5 (reference default: off)."""
     max_sequence_length: int = 77
     """T5 tokens in the prompt embedding (reference training: 77; its evaluation used 256)."""
-    cache: Optional[str] = None
+    cache: str | None = None
     """Folder of cached text embeddings and VAE posteriors written by `soar-fast cache`. When set,
     training loads neither text encoders nor the VAE."""
     on_bad_sample: Literal["skip", "error"] = "skip"
@@ -103,7 +103,7 @@ class SoarConfig:
     """Step of the stochastic paths (reference flag `sde_rollout_type`)."""
     noise_scale: float = 0.5
     """η of the stochastic rollout kinds (reference flag `sde_noise_scale`)."""
-    sigma_upper_ratio: Optional[float] = None
+    sigma_upper_ratio: float | None = None
     """r: aux σ' spans [σ1, min(r·σ0, 1)]. None = up to 1, the reference's actual behaviour."""
     timestep_mode: Literal["grid", "continuous"] = "grid"
     """Model timestep of aux points: the reference's grid round trip, or exactly N·σ'."""
@@ -147,7 +147,7 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = 100
     """Save a checkpoint every this many steps (0 = only at the end; reference: 500)."""
-    total_limit: Optional[int] = None
+    total_limit: int | None = None
     """Keep at most this many `checkpoints/step-N` folders (oldest removed first)."""
 
 
@@ -166,10 +166,10 @@ class AccelConfig:
     """Run the main batch in the same grad forward as the (first chunk of the) aux points: one larger
     forward instead of two. Needs `rollout_reuse_cond = false` (the rollout then computes the conditional
     CFG branch itself: one extra no-grad conditional forward) and `batched_aux = true`."""
-    compile: Optional[bool] = None
+    compile: bool | None = None
     """torch.compile each transformer block (fullgraph). None (`"none"` in TOML) = on where it pays:
     on with CUDA, off on CPU (compiling costs more than a CPU demo run saves)."""
-    cuda_graphs: Optional[bool] = None
+    cuda_graphs: bool | None = None
     """Capture and replay the no-grad rollout forward, one graph per bucket shape (CUDA only).
     None = on with CUDA, off on CPU."""
     attention: Literal["auto", "fa3", "sdpa_cudnn", "sdpa_flash", "sdpa"] = "auto"
@@ -222,7 +222,7 @@ class ParallelConfig:
 class EvalConfig:
     dataset: Literal["geneval", "ocr", "pickscore", "drawbench", "plain"] = "plain"
     """Prompt-file format to read: GenEval JSONL, OCR/PickScore/DrawBench/plain text (one prompt per line)."""
-    prompts: Optional[str] = None
+    prompts: str | None = None
     """Prompt file (docs/eval.md says where to get the benchmark sets). None = `prompt_list`."""
     prompt_list: list[str] = field(default_factory=list)
     """Prompts given in the config itself, used when `prompts` is not set."""
@@ -235,7 +235,7 @@ class EvalConfig:
     imagereward, ocr, geneval. Empty = sample only."""
     weights: dict[str, str] = field(default_factory=dict)
     """Local weight path per scorer: `eval.weights.clipscore = "/models/clip-vit-l-14"`."""
-    geneval_command: Optional[str] = None
+    geneval_command: str | None = None
     """Shell command running GenEval's detector on the saved images; placeholders {images}, {results},
     {weights} (docs/eval.md)."""
     steps: int = 40
@@ -250,7 +250,7 @@ class EvalConfig:
     """Images per sampler batch (with CFG, twice as many transformer rows)."""
     seed: int = 0
     """Base seed; image i of row r uses seed + r * images_per_prompt + i."""
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
     compile: bool = True
     """torch.compile the transformer forward with CUDA graphs (mode="reduce-overhead"); CUDA only."""

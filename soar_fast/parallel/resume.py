@@ -104,7 +104,7 @@ def restore_full_checkpoint(trainer: Any, path: str) -> None:
     from (train.seed, step, rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    from soar_fast.train.checkpoint import Checkpoint, load_state
+    from soar_fast.train.checkpoint import Checkpoint, load_state, read_transformer_weights
 
     d: Dist = trainer.dist
     state = load_state(Checkpoint(0, path))
@@ -113,8 +113,9 @@ def restore_full_checkpoint(trainer: Any, path: str) -> None:
     osd = state["optimizer"]
     optim = {"state": {names[int(i)]: v for i, v in osd["state"].items()},
              "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]]}
-    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=_read_weights(os.path.join(path, "transformer")),
-                   optim_state_dict=optim, options=StateDictOptions(full_state_dict=True))
+    weights = read_transformer_weights(os.path.join(path, "transformer"))
+    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=weights, optim_state_dict=optim,
+                   options=StateDictOptions(full_state_dict=True))
     trainer.step = int(state["step"])
     trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
     if d.rank == 0:
@@ -124,18 +125,3 @@ def restore_full_checkpoint(trainer: Any, path: str) -> None:
                                           trainer.device)
     trainer.source.load_state_dict(state["data"])
     trainer._batches = None
-
-
-def _read_weights(folder: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        shards = ["diffusion_pytorch_model.safetensors"]
-    weights: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        weights.update(load_file(os.path.join(folder, shard)))
-    return weights

@@ -191,11 +191,10 @@ def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
                       weights_only=True)
 
 
-def load_weights(transformer: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    """Copy a checkpoint's safetensors weights into `transformer` in place (same architecture)."""
+def read_transformer_weights(folder: str) -> dict[str, torch.Tensor]:
+    """The full state dict of a diffusers transformer folder (one or several safetensors shards)."""
     from safetensors.torch import load_file
 
-    folder = checkpoint.transformer_dir
     index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
@@ -205,8 +204,14 @@ def load_weights(transformer: torch.nn.Module, checkpoint: Checkpoint) -> None:
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         state.update(load_file(os.path.join(folder, shard)))
+    return state
+
+
+def load_weights(transformer: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's safetensors weights into `transformer` in place (same architecture)."""
+    state = read_transformer_weights(checkpoint.transformer_dir)
     model = getattr(transformer, "_orig_mod", transformer)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"{folder}: weights do not match the model (missing {missing[:3]}, "
+        raise RuntimeError(f"{checkpoint.transformer_dir}: weights do not match the model (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")

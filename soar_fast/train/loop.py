@@ -45,7 +45,7 @@ class GracefulStop:
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: finishing this step, then saving a checkpoint", self.signal_name)
 
-    def __enter__(self) -> GracefulStop:
+    def __enter__(self) -> GracefulStop:  # noqa: PYI034 (typing.Self needs Python 3.11)
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
