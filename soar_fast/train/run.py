@@ -26,8 +26,11 @@ def main_train(cfg: Config, args: Any) -> int:
     from soar_fast.data.errors import DataError
     from soar_fast.parallel import fail_fast, init_distributed, shutdown
     from soar_fast.train.loop import NonFiniteLossError
+    from soar_fast.train.step import step_options
     from soar_fast.train.trainer import resolve_device
 
+    # Switch combinations that cannot work are config errors before anything heavy is built.
+    step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)
     try:
         d = init_distributed(cfg.parallel, device_type=resolve_device(cfg.run).type)
     except ValueError as e:
