@@ -253,7 +253,7 @@ class EvalConfig:
     checkpoint: str | None = None
     """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
     compile: bool = True
-    """torch.compile the transformer forward with CUDA graphs (mode="reduce-overhead"); CUDA only."""
+    """Compile each transformer block and replay the sampler forward from a CUDA graph; CUDA only."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Transformer, text encoder and VAE dtype: auto = bfloat16 on CUDA, float32 on CPU."""
     preview_prompts: list[str] = field(default_factory=list)

@@ -178,3 +178,22 @@ def test_cli_acceptance(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
              "--log.progress=false", "--log.tensorboard=false", "--log.plot=false", "--soar.trajectory_length=2"]
     assert main(["train", *train]) == 0
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_cached_and_on_the_fly_sources_flip_the_same_samples(tiny_dir: Path, exact_jsonl: Path,
+                                                              tmp_path: Path) -> None:
+    """With flips on and two buckets (cache rows are grouped by bucket, unlike the JSONL), both
+    sources hand out the same samples with the same flip decisions, step by step."""
+    from itertools import islice
+
+    from soar_fast.data.cache import main_cache
+    from soar_fast.data.source import build_source
+
+    cached = _cfg(tmp_path / "a", exact_jsonl, tiny_dir, tmp_path / "cache", random_flip=True)
+    assert main_cache(cached, None) == 0
+    fly = _cfg(tmp_path / "b", exact_jsonl, tiny_dir, None, random_flip=True)
+    a = list(islice(iter(build_source(cached, device="cpu")), 8))
+    b = list(islice(iter(build_source(fly, device="cpu")), 8))
+    assert [x.lines for x in a] == [y.lines for y in b]
+    assert [x.flipped for x in a] == [y.flipped for y in b]
+    assert any(any(x.flipped) for x in a) and not all(all(x.flipped) for x in a)

@@ -102,3 +102,16 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_output_dir):
     SD3Transformer2DModel.from_pretrained(latest.transformer_dir, local_files_only=True)
     assert ckpt.load_state(latest)["step"] == 2
     assert ckpt.resolve_checkpoint(str(out)).step == 2   # what `--resume` picks
+
+
+def test_prune_never_deletes_the_new_checkpoint_after_resuming_from_an_older_one(tmp_path):
+    """A run resumed from step 3 of a folder that also holds step 6 (an abandoned continuation) keeps
+    its own newest save; only older checkpoints count against total_limit."""
+    out = str(tmp_path)
+    model = _Tiny()
+    for step in (3, 6):
+        ckpt.save_checkpoint(out, step, transformer=model, state={"step": step})
+    ckpt.save_checkpoint(out, 4, transformer=model, state={"step": 4}, total_limit=1)
+    assert [c.step for c in ckpt.list_checkpoints(out)] == [4, 6]
+    ckpt.save_checkpoint(out, 5, transformer=model, state={"step": 5}, total_limit=2)
+    assert [c.step for c in ckpt.list_checkpoints(out)] == [4, 5, 6]

@@ -49,3 +49,15 @@ def test_two_processes_without_a_strategy_is_a_config_error(tmp_path):
     r = _torchrun("train", "--train.max_steps=1", f"--run.output_dir={tmp_path / 'run'}", *SMALL, timeout=120)
     assert r.returncode != 0
     assert "parallel.strategy" in r.stderr
+
+
+def test_ddp_in_one_process_saves_full_checkpoints(tmp_path):
+    """`strategy = ddp` without torchrun (a private one-rank group) writes plain checkpoints of the
+    unwrapped transformer and the final export."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--parallel.strategy=ddp", "--train.max_steps=2", "--checkpoint.every=1",
+                f"--run.output_dir={out}", *SMALL, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert (out / "checkpoints" / "step-2" / "transformer" / "config.json").is_file()
+    assert (out / "transformer" / "config.json").is_file()

@@ -87,3 +87,24 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_output_dir):
     ckpt = latest_checkpoint(str(out))
     assert ckpt is not None and ckpt.step == last
     assert not (out / "transformer").exists(), "an interrupted run must not write the final transformer"
+
+
+def test_resume_logs_the_same_windows_when_checkpoints_fall_between_log_steps(tmp_path):
+    """log_every=2, checkpoint.every=3: the step-4 record of a run resumed from step 3 averages the same
+    steps as the uninterrupted run's (a log window never spans a checkpoint)."""
+    from soar_fast.train.checkpoint import load_state, load_weights, resolve_checkpoint
+    from soar_fast.train.loop import fit
+    from soar_fast.train.trainer import Trainer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    overrides = ["--train.max_steps=6", "--train.log_every=2", "--checkpoint.every=3"]
+    fit(Trainer.build(tiny_config(full, overrides), source=FakeSource()))
+    fit(Trainer.build(tiny_config(part, [*overrides, "--train.max_steps=3"]), source=FakeSource()))
+    c = Trainer.build(tiny_config(part, overrides), source=FakeSource())
+    ckpt = resolve_checkpoint(str(part / "checkpoints" / "step-3"))
+    load_weights(c.model, ckpt)
+    c.load_state_dict(load_state(ckpt))
+    fit(c)
+    ra, rc = _records(full), _records(part)
+    assert sorted(ra) == sorted(rc) == [2, 3, 4, 6]
+    _same_losses(ra, rc, [4, 6])

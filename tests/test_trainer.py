@@ -172,3 +172,11 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_output_dir):
 
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         main_train(tiny_config(tmp_output_dir), Args())
+
+
+def test_reference_mode_uses_plain_adamw_whatever_accel_optimizer_says(tmp_path):
+    from soar_fast.train.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, ["--accel.mode=reference", "--accel.optimizer=adamw8bit"])
+    trainer = Trainer.build(cfg, source=FakeSource())
+    assert type(trainer.optimizer) is torch.optim.AdamW

@@ -48,7 +48,9 @@ class PixelDataset(Dataset):
                 out["pixels_flip"] = to_pixels(img, flip=True)
             flip = False
         else:
-            flip, u_left, u_top = augment_draws(random.Random(aug_seed(self.seed, epoch, i)), self.random_flip)
+            # Seeded by the JSONL line, which names the sample in the cache too (row order differs there).
+            flip, u_left, u_top = augment_draws(random.Random(aug_seed(self.seed, epoch, record.line)),
+                                                self.random_flip)
             out = {"pixels": to_pixels(cover_crop(img, record.bucket, (u_left, u_top)), flip)}
         return out | {"caption": record.caption, "line": record.line, "bucket": record.bucket, "flip": flip,
                       "index": i, "epoch": epoch}
@@ -68,7 +70,7 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, ref: Ref) -> dict[str, Any]:
         epoch, i = ref
-        flip = augment_draws(random.Random(aug_seed(self.seed, epoch, i)), self.random_flip)[0]
+        flip = augment_draws(random.Random(aug_seed(self.seed, epoch, self.store.lines[i])), self.random_flip)[0]
         return self.store.row(i, flip) | {"flip": flip, "index": i, "epoch": epoch}
 
 

@@ -119,7 +119,10 @@ def _velocity(transformer: torch.nn.Module, eval_cfg: EvalConfig, device: torch.
         return velocity_fn(transformer)
     from soar_fast.accel import apply_attention, apply_compile, apply_cuda_graphs
 
-    log.info("sampler: attention %s; %s", apply_attention(transformer, "auto", device), apply_compile(transformer))
+    # As in training: an attention kernel compile cannot trace means per-block graphs, not fullgraph.
+    attention = apply_attention(transformer, "auto", device, compiling=True)
+    log.info("sampler: attention %s; %s", attention,
+             apply_compile(transformer, fullgraph="untraceable" not in attention))
     graphed, desc = apply_cuda_graphs(velocity_fn(transformer), device, name="sampler forward")
     log.info("sampler: cuda graphs %s", desc)
     return graphed

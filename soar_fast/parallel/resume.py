@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -47,7 +46,7 @@ def is_sharded_checkpoint(path: str) -> bool:
 def save_sharded_checkpoint(trainer: Any, output_dir: str, step: int, *, total_limit: int | None = None) -> str:
     """Collective: write `checkpoints/step-<step>` atomically (all ranks write, rank 0 renames), then
     prune to `total_limit` on rank 0. Returns the folder."""
-    from soar_fast.train.checkpoint import checkpoints_dir, list_checkpoints, remove_partial_saves
+    from soar_fast.train.checkpoint import checkpoints_dir, prune_checkpoints, remove_partial_saves
 
     d: Dist = trainer.dist
     if d.is_main:
@@ -67,9 +66,8 @@ def save_sharded_checkpoint(trainer: Any, output_dir: str, step: int, *, total_l
                     "format": "dcp", "world": d.world, "strategy": trainer.cfg.parallel.strategy}
             with open(os.path.join(state_dir, "meta.json"), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1)
-    if d.is_main and total_limit is not None and total_limit > 0:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old.path, ignore_errors=True)
+    if d.is_main:
+        prune_checkpoints(output_dir, step, total_limit)
     return final
 
 

@@ -13,6 +13,7 @@ taken for a checkpoint, and leftovers of a killed save are removed by the next s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _REQUIRED = ("transformer/config.json", "state/trainer.pt")
@@ -169,10 +172,24 @@ def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module,
             json.dump(meta, f, indent=1)
 
     save_folder_atomically(final, write)
-    if total_limit is not None and total_limit > 0:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old.path, ignore_errors=True)
+    prune_checkpoints(output_dir, step, total_limit)
     return Checkpoint(step, final)
+
+
+def prune_checkpoints(output_dir: str, step: int, total_limit: int | None) -> None:
+    """Keep `step-<step>` (just written) and the newest `total_limit − 1` checkpoints below it.
+
+    Checkpoints above `step` belong to a continuation abandoned by resuming from an older one: they
+    are never pruned by rank (that would delete the run's own newest saves), only reported."""
+    if total_limit is None or total_limit <= 0:
+        return
+    older = [c for c in list_checkpoints(output_dir) if c.step < step]
+    for old in older[:max(len(older) - (total_limit - 1), 0)]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    newer = [c.step for c in list_checkpoints(output_dir) if c.step > step]
+    if newer:
+        log.warning("checkpoints/ also holds steps %s from an abandoned continuation; `--resume` without a "
+                    "PATH picks the highest step", newer)
 
 
 def save_transformer(transformer: torch.nn.Module, folder: str, *, dtype: torch.dtype | None = None) -> None:

@@ -136,8 +136,10 @@ def fit(trainer: Trainer) -> str:
                 if d.world > 1:
                     agree = step % log_every == 0 or (every > 0 and step % every == 0) or step == max_steps
                     stopping = d.any_rank(stop.requested) if agree else False
-                is_log = step % log_every == 0 or step == max_steps or stopping
                 is_save = (every > 0 and step % every == 0) or step == max_steps or stopping
+                # A log window never spans a checkpoint: a resumed run then logs exactly what the
+                # uninterrupted run logged (the window's device sums are not part of the state).
+                is_log = step % log_every == 0 or is_save
                 if (is_log or is_save) and not sync_check and int(first_bad) >= 0:  # host sync
                     raise NonFiniteLossError(_nonfinite_message(int(first_bad), out))
                 if is_log and window.steps:
@@ -156,7 +158,7 @@ def fit(trainer: Trainer) -> str:
 
                         saved = save_sharded_checkpoint(trainer, out, step, total_limit=cfg.checkpoint.total_limit)
                     else:
-                        saved = save_checkpoint(out, step, transformer=trainer.model, state=trainer.state_dict(),
+                        saved = save_checkpoint(out, step, transformer=unwrap(trainer.model), state=trainer.state_dict(),
                                                 total_limit=cfg.checkpoint.total_limit).path
                     last_saved = step
                     metrics.plot()

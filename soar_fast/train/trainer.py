@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from soar_fast.accel import apply_accel
+from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.config import Config, ModelConfig, RunConfig
 from soar_fast.models.transformer import build_transformer, scheduler_config, velocity_fn
 from soar_fast.parallel import (
@@ -126,7 +126,9 @@ class Trainer:
             fns = replace(fns, rollout_forward=velocity_fn(wrapped))
         model = wrapped
         opts = step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)
-        optimizer = build_optimizer(cfg.optim, model.parameters(), state=cfg.accel.optimizer, device=device)
+        # The resolved switches: `mode = "reference"` means plain AdamW whatever `accel.optimizer` says.
+        optimizer = build_optimizer(cfg.optim, model.parameters(), state=resolve_accel(cfg.accel, device).optimizer,
+                                    device=device)
         lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
         return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
                    optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist)

@@ -13,11 +13,12 @@ from soar_fast.eval.scorers import ScorerUnavailable, to_uint8_hwc
 def load_clip(path: str, scorer: str, key: str, device: torch.device, *, processor_path: str | None = None
               ) -> tuple[Any, Any]:
     """(CLIPModel in eval mode, float32, frozen; CLIPProcessor) from local folders only."""
+    from safetensors import SafetensorError
     from transformers import CLIPModel, CLIPProcessor
 
     try:
         model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or LFS-pointer file
         raise ScorerUnavailable(f"scorer '{scorer}': {key} = {path!r} is not a loadable CLIP model folder "
                                 f"(config.json + weights): {e}") from None
     proc_path = processor_path or path
