@@ -130,6 +130,26 @@ def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, pa
             z_t0.new_empty(shape, dtype=out_dtype or torch.float32))
 
 
+def check_aux_shapes(who: str, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
+                     path_noise) -> int:
+    """The argument shapes every implementation of the aux kernel requires (`who` names it in the
+    error); returns the number of paths P."""
+    shape = tuple(z_t0.shape)
+    for name, t in (("v_uncond", v_uncond), ("v_cond", v_cond), ("z0", z0), ("z1", z1)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{who}: {name} {tuple(t.shape)} must match z_t0 {shape}")
+    if row_table.dim() != 3 or row_table.shape[0] != shape[0]:
+        raise ValueError(f"{who}: row_table {tuple(row_table.shape)} must be ({shape[0]}, P, K)")
+    B, P, _ = row_table.shape
+    if sigma0.shape != (B,) or sigma1.shape != (B,) or sigma_prime.dim() != 1:
+        raise ValueError(f"{who}: sigma0 {tuple(sigma0.shape)}, sigma1 {tuple(sigma1.shape)} must "
+                         f"be ({B},), sigma_prime {tuple(sigma_prime.shape)} must be (N,)")
+    if P > 1 and (path_noise is None or tuple(path_noise.shape) != (P - 1,) + shape):
+        got = None if path_noise is None else tuple(path_noise.shape)
+        raise ValueError(f"{who}: path_noise {got} must be {(P - 1,) + shape} for P={P}")
+    return P
+
+
 def fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, *,
                      cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
                      out_dtype: torch.dtype | None = None):
@@ -140,19 +160,8 @@ def fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime
     Returns latents (N,C,H,W) in `out_dtype or z_t0.dtype`, targets (N,C,H,W) in `out_dtype or float32`.
     """
     kind_code(kind)
-    shape = tuple(z_t0.shape)
-    for name, t in (("v_uncond", v_uncond), ("v_cond", v_cond), ("z0", z0), ("z1", z1)):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"fused_aux_points: {name} {tuple(t.shape)} must match z_t0 {shape}")
-    if row_table.dim() != 3 or row_table.shape[0] != shape[0]:
-        raise ValueError(f"fused_aux_points: row_table {tuple(row_table.shape)} must be ({shape[0]}, P, K)")
-    B, P, _ = row_table.shape
-    if sigma0.shape != (B,) or sigma1.shape != (B,) or sigma_prime.dim() != 1:
-        raise ValueError(f"fused_aux_points: sigma0 {tuple(sigma0.shape)}, sigma1 {tuple(sigma1.shape)} must "
-                         f"be ({B},), sigma_prime {tuple(sigma_prime.shape)} must be (N,)")
-    if P > 1 and (path_noise is None or tuple(path_noise.shape) != (P - 1,) + shape):
-        got = None if path_noise is None else tuple(path_noise.shape)
-        raise ValueError(f"fused_aux_points: path_noise {got} must be {(P - 1,) + shape} for P={P}")
+    P = check_aux_shapes("fused_aux_points", z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime,
+                         row_table, path_noise)
     return _aux_points_op(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                           path_noise if P > 1 else None, float(cfg_scale), kind, float(noise_scale),
                           float(sigma_hat_at_one), out_dtype)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.aux_points import check_aux_shapes
 from kernels.dispatch import LIB, empty, kind_code
 
 LIB_NAME = "libsoar_kernels.so"
@@ -104,20 +105,9 @@ def _library() -> ctypes.CDLL:
 
 
 def _validate(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, out_dtype):
-    """fused_aux_points' own argument checks, plus the dtypes this kernel can store."""
-    shape = tuple(z_t0.shape)
-    for name, t in (("v_uncond", v_uncond), ("v_cond", v_cond), ("z0", z0), ("z1", z1)):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"cuda_fused_aux_points: {name} {tuple(t.shape)} must match z_t0 {shape}")
-    if row_table.dim() != 3 or row_table.shape[0] != shape[0]:
-        raise ValueError(f"cuda_fused_aux_points: row_table {tuple(row_table.shape)} must be ({shape[0]}, P, K)")
-    B, P, _ = row_table.shape
-    if sigma0.shape != (B,) or sigma1.shape != (B,) or sigma_prime.dim() != 1:
-        raise ValueError(f"cuda_fused_aux_points: sigma0 {tuple(sigma0.shape)}, sigma1 {tuple(sigma1.shape)} "
-                         f"must be ({B},), sigma_prime {tuple(sigma_prime.shape)} must be (N,)")
-    if P > 1 and (path_noise is None or tuple(path_noise.shape) != (P - 1,) + shape):
-        got = None if path_noise is None else tuple(path_noise.shape)
-        raise ValueError(f"cuda_fused_aux_points: path_noise {got} must be {(P - 1,) + shape} for P={P}")
+    """fused_aux_points' own argument checks, plus the devices and dtypes this kernel can use."""
+    P = check_aux_shapes("cuda_fused_aux_points", z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime,
+                         row_table, path_noise)
     named = [("z_t0", z_t0), ("v_uncond", v_uncond), ("v_cond", v_cond), ("z0", z0), ("z1", z1),
              ("sigma0", sigma0), ("sigma1", sigma1), ("sigma_prime", sigma_prime), ("row_table", row_table)]
     named += [("path_noise", path_noise)] if P > 1 else []
