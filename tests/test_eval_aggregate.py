@@ -61,21 +61,27 @@ def test_image_key_reads_geneval_filenames():
         image_key("images/00000-00.png")
 
 
-def test_geneval_external_command_round_trip(tmp_path):
-    """A stand-in detector with the official script's I/O: reads <row>/metadata.jsonl and
-    <row>/samples/*.png, writes one JSON line per image with filename and correct."""
-    script = tmp_path / "detector.py"
-    script.write_text(
+def write_stand_in_detector(path, verdict: str):
+    """A stand-in detector with the official GenEval script's I/O: reads <row>/metadata.jsonl and
+    <row>/samples/*.png, writes one JSON line per image: its filename plus `verdict`, a dict
+    expression over `meta` (the row's metadata) and `folder` (the row's folder name)."""
+    path.write_text(
         "import json, os, sys\n"
         "images, out = sys.argv[1], sys.argv[2]\n"
         "with open(out, 'w') as f:\n"
         "    for folder in sorted(os.listdir(images)):\n"
         "        meta = json.load(open(os.path.join(images, folder, 'metadata.jsonl')))\n"
         "        for name in sorted(os.listdir(os.path.join(images, folder, 'samples'))):\n"
-        "            path = os.path.join(images, folder, 'samples', name)\n"
-        "            ok = meta['tag'] != 'counting'\n"
-        "            f.write(json.dumps({'filename': path, 'tag': meta['tag'], 'correct': ok,\n"
-        "                                'strict_correct': ok and int(folder) % 2 == 0}) + '\\n')\n")
+        "            filename = os.path.join(images, folder, 'samples', name)\n"
+        f"            f.write(json.dumps({{'filename': filename, **({verdict})}}) + '\\n')\n")
+    return path
+
+
+def test_geneval_external_command_round_trip(tmp_path):
+    script = write_stand_in_detector(
+        tmp_path / "detector.py",
+        "{'tag': meta['tag'], 'correct': meta['tag'] != 'counting', "
+        "'strict_correct': meta['tag'] != 'counting' and int(folder) % 2 == 0}")
     records = []
     for row, tag in enumerate(["counting", "colors", "colors"]):
         folder = tmp_path / "images" / f"{row:05d}"

@@ -16,6 +16,7 @@ from soar_fast.cli import main as cli_main
 from soar_fast.config_io import load_config
 from soar_fast.eval.run import main_eval
 from soar_fast.eval.sample import main_sample
+from tests.test_eval_aggregate import write_stand_in_detector
 
 SETS = Path(__file__).resolve().parents[2] / "shared" / "eval-prompts"
 needs_sets = pytest.mark.skipif(not SETS.is_dir(), reason=f"prompt sets not found at {SETS}")
@@ -66,16 +67,7 @@ def test_eval_drawbench_writes_images_results_and_averages(folders, tmp_path):
 @needs_sets
 def test_eval_geneval_through_the_external_command(folders, tmp_path):
     model, _ = folders
-    script = tmp_path / "detector.py"
-    script.write_text(
-        "import json, os, sys\n"
-        "images, out = sys.argv[1], sys.argv[2]\n"
-        "with open(out, 'w') as f:\n"
-        "    for folder in sorted(os.listdir(images)):\n"
-        "        meta = json.load(open(os.path.join(images, folder, 'metadata.jsonl')))\n"
-        "        for name in os.listdir(os.path.join(images, folder, 'samples')):\n"
-        "            f.write(json.dumps({'filename': os.path.join(images, folder, 'samples', name),\n"
-        "                                'correct': meta['tag'] == 'counting'}) + '\\n')\n")
+    script = write_stand_in_detector(tmp_path / "detector.py", "{'correct': meta['tag'] == 'counting'}")
     out = tmp_path / "geneval"
     cfg = load_config(None, _fast(model, out, "--eval.dataset=geneval",
                                   f"--eval.prompts={SETS / 'geneval/test_metadata.jsonl'}", "--eval.limit=5",
