@@ -16,9 +16,11 @@ import torch
 STREAMS = ("soar", "posterior", "dropout")
 
 
-def stream_seed(seed: int, rank: int, name: str) -> int:
-    """A 63-bit seed for stream `name` of `rank`; stable across processes, versions and platforms."""
-    digest = hashlib.sha256(f"soar-fast/{seed}/{rank}/{name}".encode()).digest()
+def stream_seed(seed: int, rank: int, name: str, *extra: int) -> int:
+    """A 63-bit seed for stream `name` of `rank` (and optional extra ints); stable across processes,
+    runs and platforms (sha256, not the salted `hash()`)."""
+    key = "/".join(["soar-fast", str(int(seed)), str(int(rank)), name, *(str(int(e)) for e in extra)])
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
