@@ -20,7 +20,13 @@ import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.config import Config, ModelConfig, RunConfig
-from soar_fast.models.transformer import build_transformer, scheduler_config, velocity_fn
+from soar_fast.models.transformer import (
+    build_transformer,
+    image_tokens,
+    scheduler_config,
+    text_tokens,
+    velocity_fn,
+)
 from soar_fast.parallel import (
     Dist,
     after_optimizer_step,
@@ -185,8 +191,7 @@ class Trainer:
                 totals.append(soar_step(self.fns, z0, embeds, pooled, null_e, null_p, draws, self.grid, soar,
                                         self.opts, loss_scale=grad_scale(self.dist) / accum, global_counts=counts))
             samples += z0.shape[0] * self.world
-            patch = int(unwrap(self.model).config.patch_size)
-            tokens += z0.shape[0] * self.world * ((z0.shape[-2] // patch) * (z0.shape[-1] // patch) + embeds.shape[1])
+            tokens += z0.shape[0] * self.world * (image_tokens(unwrap(self.model), z0.shape[-2:]) + text_tokens(embeds))
         grad_norm = self.clip_gradients()
         return StepResult(loss=sum(p.loss for p in totals) / accum,
                           loss_main=sum(p.loss_main for p in totals) / accum,
