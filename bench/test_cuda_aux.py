@@ -49,8 +49,8 @@ def copy_bandwidth(request) -> float:
 
 
 def _kernel(impl: str):
-    from kernels import cuda_aux
-    from kernels.aux_points import fused_aux_points
+    from soar_fast.kernels import cuda_aux
+    from soar_fast.kernels.aux_points import fused_aux_points
 
     if impl == "triton":
         return fused_aux_points

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bench.conftest import input_copies
-from kernels.aux_points import fused_aux_points, fused_aux_points_reference
-from kernels.cfg_rollout import cfg_rollout, cfg_rollout_reference
-from kernels.flow_loss import (
+from soar_fast.kernels.aux_points import fused_aux_points, fused_aux_points_reference
+from soar_fast.kernels.cfg_rollout import cfg_rollout, cfg_rollout_reference
+from soar_fast.kernels.flow_loss import (
     flow_loss,
     flow_loss_from_latents,
     flow_loss_grad_reference,

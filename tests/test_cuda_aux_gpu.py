@@ -98,12 +98,12 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.fixture
 def cuda_kernel(monkeypatch):
     """The CUDA launcher, with NaN-poisoned outputs so any element it leaves unwritten fails."""
-    import kernels.dispatch
-    from kernels import cuda_aux
+    import soar_fast.kernels.dispatch
+    from soar_fast.kernels import cuda_aux
 
     if not cuda_aux.is_available():
         pytest.skip(cuda_aux.library_status())
-    monkeypatch.setattr(kernels.dispatch, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(soar_fast.kernels.dispatch, "POISON_OUTPUTS", True)
     return cuda_aux.cuda_fused_aux_points
 
 
@@ -114,7 +114,7 @@ def cuda_kernel(monkeypatch):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [SHAPE_VECTOR, SHAPE_SCALAR], ids=["vector", "scalar"])
 def test_cuda_matches_float64_eager_and_triton(cuda_kernel, shape, kind, P, K, dtype):
-    from kernels.aux_points import fused_aux_points, fused_aux_points_reference
+    from soar_fast.kernels.aux_points import fused_aux_points, fused_aux_points_reference
 
     args, kwargs = make_case(shape, dtype, P, K, kind, "cuda")
     out = cuda_kernel(*args, **kwargs)
@@ -131,7 +131,7 @@ def test_cuda_matches_float64_eager_and_triton(cuda_kernel, shape, kind, P, K, d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_unaligned_and_mixed_storage(cuda_kernel, dtype):
     """Pointers off 16-byte alignment take the scalar path; out_dtype and mixed input dtypes still agree."""
-    from kernels import cuda_aux
+    from soar_fast.kernels import cuda_aux
 
     args, kwargs = make_case(SHAPE_VECTOR, dtype, 3, 6, "flow_sde", "cuda", seed=3)
     ref = reference64(args, kwargs)

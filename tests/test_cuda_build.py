@@ -36,7 +36,7 @@ def library(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def loaded(library, monkeypatch):
-    from kernels import cuda_aux
+    from soar_fast.kernels import cuda_aux
 
     monkeypatch.setenv(cuda_aux.ENV_VAR, str(library))
     cuda_aux.reset_cache()
@@ -63,7 +63,7 @@ def test_loader_reports_the_library(loaded, library):
 
 
 def test_loader_says_how_to_build_when_missing(monkeypatch, tmp_path):
-    from kernels import cuda_aux
+    from soar_fast.kernels import cuda_aux
 
     monkeypatch.setenv(cuda_aux.ENV_VAR, str(tmp_path / "nowhere.so"))
     cuda_aux.reset_cache()
@@ -88,7 +88,7 @@ def test_cpu_tensors_raise_a_clear_error(loaded):
 @pytest.mark.parametrize("shape,P,K", [(SHAPE_VECTOR, 3, 6), (SHAPE_SCALAR, 1, 6), (SHAPE_SCALAR, 3, 1),
                                        (SHAPE_SCALAR, 3, 6)], ids=["vector-P3K6", "P1K6", "P3K1", "P3K6"])
 def test_kernel_body_on_host_matches_float64_and_eager(loaded, shape, P, K, kind, dtype):
-    from kernels.aux_points import fused_aux_points_reference
+    from soar_fast.kernels.aux_points import fused_aux_points_reference
 
     args, kwargs = make_case(shape, dtype, P, K, kind, "cpu")
     out_shape = (args[7].shape[0],) + shape[1:]
@@ -108,8 +108,8 @@ def test_kernel_body_on_host_unaligned_and_bf16_out(loaded):
 
 
 def test_resolve_aux_kernel():
-    from kernels import aux_points, cuda_aux
-    from kernels.select import resolve_aux_kernel
+    from soar_fast.kernels import aux_points, cuda_aux
+    from soar_fast.kernels.select import resolve_aux_kernel
 
     assert resolve_aux_kernel("eager", "cpu") is aux_points.fused_aux_points_reference
     assert resolve_aux_kernel("auto", "cpu") is aux_points.fused_aux_points_reference

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from kernels.cfg_rollout import cfg_rollout
+from soar_fast.kernels.cfg_rollout import cfg_rollout
 from soar_fast.config import EvalConfig, ModelConfig
 from soar_fast.eval.pipeline import load_pipeline
 from soar_fast.eval.sampler import FlowSampler, initial_noise, sampling_schedule

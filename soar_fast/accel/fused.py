@@ -1,8 +1,8 @@
-"""`accel.fused_kernels`: the step's elementwise work as fused kernels from `kernels/`.
+"""`accel.fused_kernels`: the step's elementwise work as fused kernels from `soar_fast/kernels/`.
 
 - CFG + rollout step + all K·P aux points + their targets: one `fused_aux_points` launch (Triton or
   CUDA C++, `accel.aux_kernel`) instead of ~20 eager elementwise passes over [B, C, H, W] tensors.
-- The per-row weighted MSE (main and aux): `kernels.flow_loss.flow_loss`, one reduction kernel
+- The per-row weighted MSE (main and aux): `soar_fast.kernels.flow_loss.flow_loss`, one reduction kernel
   forward and one elementwise kernel backward.
 On CPU both run their float32 eager twins (the Triton interpreter only under TRITON_INTERPRET=1), so
 the switch is exercised — and checked against the eager objective — without a GPU.
@@ -41,8 +41,8 @@ def fused_cfg_aux_fn(aux_kernel: Callable) -> Callable[..., AuxPoints]:
 
 def fused_step_pieces(aux_kernel_choice: str, device: torch.device | str) -> tuple[Callable, Callable, str]:
     """(cfg_aux, flow_loss, description) for `accel.aux_kernel = aux_kernel_choice` on `device`."""
-    from kernels.flow_loss import flow_loss
-    from kernels.select import resolve_aux_kernel
+    from soar_fast.kernels.flow_loss import flow_loss
+    from soar_fast.kernels.select import resolve_aux_kernel
 
     kernel = resolve_aux_kernel(aux_kernel_choice, device)
     name = f"{getattr(kernel, '__module__', '?').split('.')[-1]}.{getattr(kernel, '__name__', '?')}"

@@ -4,7 +4,7 @@ Schedule: diffusers' `FlowMatchEulerDiscreteScheduler.set_timesteps(S)` from the
 config (shift 3.0 for SD3.5: σ = shift(linspace(1, 1/N·…, S)) then 0), so sampling matches
 `StableDiffusion3Pipeline` step for step. Per step: one transformer forward on [uncond; cond] (2B rows,
 the empty-prompt embedding as the negative), then the fused CFG + Euler step
-`z ← z + (v_u + w·(v_c − v_u))·(σ_{i+1} − σ_i)` (`kernels.cfg_rollout`, kind "ode"). Latents stay in
+`z ← z + (v_u + w·(v_c − v_u))·(σ_{i+1} − σ_i)` (`soar_fast.kernels.cfg_rollout`, kind "ode"). Latents stay in
 float32 between steps (diffusers casts them back to the model dtype each step); the transformer sees
 them in its own dtype. Initial noise is drawn per image from its own seed on the CPU, so an image
 depends only on (model, prompt, seed, settings): not on its batch, rank or device count.
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kernels.cfg_rollout import cfg_rollout
+from soar_fast.kernels.cfg_rollout import cfg_rollout
 
 # f(latents [N,C,h,w], timesteps [N] float32 on the 0..1000 scale, prompt_embeds [N,L,D], pooled [N,P]) -> [N,C,h,w]
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

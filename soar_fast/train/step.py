@@ -35,7 +35,7 @@ GlobalCounts = Callable[[int, int], tuple[Count, Count]]
 
 def eager_cfg_aux(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tensor, z0: torch.Tensor,
                   draws: SoarDraws, grid: SigmaGrid, soar: SoarConfig) -> AuxPoints:
-    """CFG combine + aux points, the eager way (`kernels/aux_points.py` fuses both)."""
+    """CFG combine + aux points, the eager way (`soar_fast/kernels/aux_points.py` fuses both)."""
     v_cfg = cfg_combine(v_uncond, v_cond, soar.cfg_scale)
     return aux_points(z_t0, v_cfg, z0, draws.z1, draws.t0, grid, num_sampling_steps=soar.num_sampling_steps,
                       fracs=draws.fracs, noise=draws.path_noise, kind=soar.rollout_kind,

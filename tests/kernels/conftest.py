@@ -24,9 +24,9 @@ SHAPE_SMALL = (3, 4, 11, 13)
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Every kernel output starts as NaN, so an element no program wrote fails the comparison."""
-    import kernels.dispatch
+    import soar_fast.kernels.dispatch
 
-    monkeypatch.setattr(kernels.dispatch, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(soar_fast.kernels.dispatch, "POISON_OUTPUTS", True)
 
 
 @pytest.fixture

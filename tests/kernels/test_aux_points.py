@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.aux_points import fused_aux_points, fused_aux_points_reference
+from soar_fast.kernels.aux_points import fused_aux_points, fused_aux_points_reference
 from soar_fast.soar import aux_points, cfg_combine
 from tests.kernels._data import (
     CFG_SCALE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.cfg_rollout import _cfg_rollout_kernel, cfg_rollout, cfg_rollout_reference
-from kernels.dispatch import use_triton
+from soar_fast.kernels.cfg_rollout import _cfg_rollout_kernel, cfg_rollout, cfg_rollout_reference
+from soar_fast.kernels.dispatch import use_triton
 from soar_fast.soar import cfg_combine, rollout_step
 from tests.kernels._data import CFG_SCALE, GRID, KINDS, NOISE_SCALE, latents, step_sigmas
 from tests.kernels.conftest import SHAPE_REQUIRED, SHAPE_SMALL

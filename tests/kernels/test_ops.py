@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from kernels import dispatch
-from kernels.aux_points import _aux_points_kernel, fused_aux_points
-from kernels.cfg_rollout import _cfg_rollout_kernel, cfg_rollout
-from kernels.flow_loss import _sq_err_partial_kernel, flow_loss, flow_loss_from_latents
+from soar_fast.kernels import dispatch
+from soar_fast.kernels.aux_points import _aux_points_kernel, fused_aux_points
+from soar_fast.kernels.cfg_rollout import _cfg_rollout_kernel, cfg_rollout
+from soar_fast.kernels.flow_loss import _sq_err_partial_kernel, flow_loss, flow_loss_from_latents
 from tests.kernels._data import CFG_SCALE, GRID, NOISE_SCALE, latents, layout
 from tests.tolerances import assert_close
 
@@ -95,10 +95,10 @@ def test_import_without_triton_falls_back_to_eager_twins():
     code = """
 import sys, torch
 sys.modules["triton"] = None  # makes `import triton` raise ImportError
-from kernels import dispatch
-from kernels.cfg_rollout import cfg_rollout
-from kernels.aux_points import fused_aux_points
-from kernels.flow_loss import flow_loss
+from soar_fast.kernels import dispatch
+from soar_fast.kernels.cfg_rollout import cfg_rollout
+from soar_fast.kernels.aux_points import fused_aux_points
+from soar_fast.kernels.flow_loss import flow_loss
 assert not dispatch.HAS_TRITON
 z = torch.randn(2, 3, 4, 4)
 s = torch.tensor([0.9, 0.5])

@@ -1,11 +1,11 @@
-"""The CUDA C++ twin of `kernels.aux_points.fused_aux_points`, loaded from libsoar_kernels.so with ctypes.
+"""The CUDA C++ twin of `soar_fast.kernels.aux_points.fused_aux_points`, loaded from libsoar_kernels.so with ctypes.
 
 Build the library once from the repository root with `cmake -B build && cmake --build build`
 (docs/cuda.md); `pip install` never needs CUDA. The library is looked up, on first use, at
 `$SOAR_FAST_CUDA_LIB` (a file or a folder; when set, nothing else is tried, so a wrong value is
 reported rather than silently replaced by another build), then `<repo>/build/`, then next to this file.
 
-`cuda_fused_aux_points` has `fused_aux_points`'s signature and semantics (kernels/aux_points.py).
+`cuda_fused_aux_points` has `fused_aux_points`'s signature and semantics (soar_fast/kernels/aux_points.py).
 Its fast path takes the five big inputs in one dtype, float32 or bfloat16; a mix of the two is
 upcast to float32 first (exact, but a copy), as are non-contiguous inputs (`.contiguous()`, as the
 Triton launcher does). Outputs can be stored in float32 or bfloat16 only.
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from kernels.aux_points import check_aux_shapes
-from kernels.dispatch import LIB, empty, kind_code
+from soar_fast.kernels.aux_points import check_aux_shapes
+from soar_fast.kernels.dispatch import LIB, empty, kind_code
 
 LIB_NAME = "libsoar_kernels.so"
 ENV_VAR = "SOAR_FAST_CUDA_LIB"
 BUILD_COMMAND = "cmake -B build && cmake --build build"
-ABI_VERSION = 1  # SOAR_KERNELS_ABI in kernels/cuda/soar_kernels.h
+ABI_VERSION = 1  # SOAR_KERNELS_ABI in soar_fast/kernels/cuda/soar_kernels.h
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # enum SoarDtype
 
 _p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -47,7 +47,7 @@ def candidate_paths() -> list[Path]:
         path = Path(env)
         return [path / LIB_NAME if path.is_dir() else path]
     here = Path(__file__).resolve().parent
-    return [here.parent / "build" / LIB_NAME, here / LIB_NAME]
+    return [here.parents[1] / "build" / LIB_NAME, here / LIB_NAME]
 
 
 @functools.cache
@@ -183,7 +183,7 @@ def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, pa
 def cuda_fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise,
                           *, cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
                           out_dtype: torch.dtype | None = None):
-    """`fused_aux_points` on the CUDA C++ kernel: same arguments, same outputs (see kernels/aux_points.py).
+    """`fused_aux_points` on the CUDA C++ kernel: same arguments, same outputs (see soar_fast/kernels/aux_points.py).
 
     Raises RuntimeError for CPU tensors or when the library is not built (with the build command).
     """

@@ -2,7 +2,7 @@
 
 - "eager": `fused_aux_points_reference` (any device; the oracle's float32 twin).
 - "triton": `fused_aux_points` (CUDA; on CPU it runs its eager twin unless the Triton interpreter is on).
-- "cuda": the CUDA C++ kernel (`kernels/cuda_aux.py`); needs a CUDA device and the built library.
+- "cuda": the CUDA C++ kernel (`soar_fast/kernels/cuda_aux.py`); needs a CUDA device and the built library.
 - "auto": "cuda" when AUTO_PREFERS_CUDA_LIB and it can run, else "triton" on CUDA, else "eager".
 All four take the same arguments and return the same outputs.
 """
@@ -29,7 +29,7 @@ def resolve_aux_kernel(choice: str, device: torch.device | str) -> Callable:
     if choice not in CHOICES:
         raise ValueError(f"accel.aux_kernel = {choice!r} is not one of {', '.join(map(repr, CHOICES))}")
     device = torch.device(device)
-    from kernels import cuda_aux  # light: ctypes loading happens on first use
+    from soar_fast.kernels import cuda_aux  # light: ctypes loading happens on first use
 
     if choice == "cuda":
         if device.type != "cuda":
@@ -39,8 +39,8 @@ def resolve_aux_kernel(choice: str, device: torch.device | str) -> Callable:
         return cuda_aux.cuda_fused_aux_points
     if choice == "auto" and device.type == "cuda" and AUTO_PREFERS_CUDA_LIB and cuda_aux.is_available():
         return cuda_aux.cuda_fused_aux_points
-    from kernels import aux_points
-    from kernels.dispatch import HAS_TRITON
+    from soar_fast.kernels import aux_points
+    from soar_fast.kernels.dispatch import HAS_TRITON
 
     if choice == "triton" or (choice == "auto" and device.type == "cuda" and HAS_TRITON):
         return aux_points.fused_aux_points

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from kernels.dispatch import LIB, empty, kind_code, launch_block, tl, triton, use_triton
+from soar_fast.kernels.dispatch import LIB, empty, kind_code, launch_block, tl, triton, use_triton
 
 NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 

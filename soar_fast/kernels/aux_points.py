@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cfg_rollout import rollout_math, rollout_math_reference
-from kernels.dispatch import LIB, empty, kind_code, launch_block, tl, triton, use_triton
+from soar_fast.kernels.cfg_rollout import rollout_math, rollout_math_reference
+from soar_fast.kernels.dispatch import LIB, empty, kind_code, launch_block, tl, triton, use_triton
 
 
 @triton.jit

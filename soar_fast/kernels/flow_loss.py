@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import LIB, empty, launch_block, tl, triton, use_triton
+from soar_fast.kernels.dispatch import LIB, empty, launch_block, tl, triton, use_triton
 
 
 @triton.jit
