@@ -83,8 +83,14 @@ def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
         ends.append(rollout_math_reference(z, v, path_noise[p - 1].float(), s0, s1, noise_scale,
                                            sigma_hat_at_one, kind))
     table = row_table.permute(1, 2, 0)  # (P,K,B): iterate in output order
-    p_idx, _, b_idx = (table >= 0).nonzero(as_tuple=True)
-    rows = table[table >= 0].long()
+    if P == 1:  # every row exists (as in `aux_layout`): no host sync, and shapes known without values
+        B, K = row_table.shape[0], row_table.shape[2]
+        b_idx = torch.arange(B, device=z_t0.device).repeat(K)
+        p_idx = torch.zeros_like(b_idx)
+        rows = table.reshape(-1).long()
+    else:
+        p_idx, _, b_idx = (table >= 0).nonzero(as_tuple=True)
+        rows = table[table >= 0].long()
     sp = sigma_prime.float()[rows].view(col)
     alpha = ((sp - s1[b_idx]) * (1.0 / (1.0 - s1[b_idx]).clamp_min(1e-8))).clamp(0.0, 1.0)
     zp = (1.0 - alpha) * torch.stack(ends)[p_idx, b_idx] + alpha * z1f[b_idx]

@@ -86,6 +86,18 @@ def phase(name: str) -> Iterator[None]:
                 yield
 
 
+@contextlib.contextmanager
+def phases_to(listener: Callable[[str], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """Inside this block every `phase(name)` also enters `listener(name)` (a `PhaseTimer`, or the
+    planner's memory tracker labelling its peak)."""
+    global _TIMER
+    previous, _TIMER = _TIMER, listener
+    try:
+        yield
+    finally:
+        _TIMER = previous
+
+
 def _timed(fn: Callable, name: str | Callable[[], str]) -> Callable:
     def wrapper(*args, **kwargs):
         with phase(name() if callable(name) else name):

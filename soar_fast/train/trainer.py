@@ -99,9 +99,11 @@ class Trainer:
 
     @classmethod
     def build(cls, cfg: Config, *, source: Any = None, rank: int = 0, world: int = 1,
-              dist: Dist | None = None) -> Trainer:
+              dist: Dist | None = None, model: torch.nn.Module | None = None) -> Trainer:
         """`dist`: this process's place in the job (`parallel.init_distributed`); None = one process
-        (then `rank`/`world` only shard the data, as tests of one rank's view do)."""
+        (then `rank`/`world` only shard the data, as tests of one rank's view do). `model`: the
+        transformer, already built in fp32 on the device (the planner's fake-tensor one); None =
+        `build_model`."""
         if dist is not None:
             device, rank, world = dist.device, dist.rank, dist.world
         else:
@@ -114,7 +116,8 @@ class Trainer:
             source = build_source(cfg, rank=rank, world=world, device=device, dtype=torch.float32,
                                   output_dir=cfg.run.output_dir)
         # Same initial weights on every rank: the init seed ignores the rank.
-        model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
+        if model is None:
+            model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
         grid = SigmaGrid.from_scheduler_config(scheduler_config(cfg.model)).to(device)
         forward = velocity_fn(model)
         fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), cfg.accel, device=device,
