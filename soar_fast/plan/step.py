@@ -120,7 +120,6 @@ def model_config(cfg: Config) -> dict[str, Any]:
     from soar_fast.data.errors import DataError
     from soar_fast.data.model_dims import transformer_config
 
-
     try:
         return transformer_config(cfg.model)
     except DataError as e:  # a missing config.json
