@@ -33,9 +33,9 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    preset: Literal["tiny", "sd35m"] = "tiny"
-    """Built-in architecture with random weights: `tiny` (CPU seconds per step) or `sd35m`
-    (the SD3.5-Medium transformer). Ignored when `path` is set."""
+    preset: Literal["tiny", "sd35m", "sd35l"] = "tiny"
+    """Built-in architecture with random weights: `tiny` (CPU seconds per step), `sd35m` (the
+    SD3.5-Medium transformer) or `sd35l` (SD3.5-Large's). Ignored when `path` is set."""
     path: str | None = None
     """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
     Loaded with local files only: nothing is ever downloaded."""

@@ -95,3 +95,16 @@ def test_missing_or_incomplete_folder_names_what_is_missing(tmp_path):
     (folder / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
     with pytest.raises(ModelFolderError, match="expected SD3Transformer2DModel"):
         load_transformer(str(folder))
+
+
+def test_sd35l_is_the_sd35_large_architecture():
+    cfg = preset_config("sd35l")
+    assert (cfg["num_layers"], cfg["num_attention_heads"], cfg["attention_head_dim"]) == (38, 38, 64)
+    assert cfg["dual_attention_layers"] == () and cfg["qk_norm"] == "rms_norm"
+    assert (cfg["joint_attention_dim"], cfg["pooled_projection_dim"], cfg["caption_projection_dim"]) == (4096, 2048, 2432)
+    assert (cfg["patch_size"], cfg["pos_embed_max_size"], cfg["out_channels"]) == (2, 192, 16)
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(**cfg)
+    assert 8.0e9 < count_parameters(model) < 8.2e9  # SD3.5-Large: 8.1B
