@@ -24,6 +24,7 @@ COMMANDS = {
     "cache": "soar_fast.data.cache:main_cache",
     "data check": "soar_fast.data.check:main_check",
     "profile": "soar_fast.train.profile:main_profile",
+    "plan": "soar_fast.plan.command:main_plan",
     "sample": "soar_fast.eval.sample:main_sample",
     "eval": "soar_fast.eval.run:main_eval",
 }
@@ -68,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     prof = with_config("profile", "profile a few training steps")
     prof.add_argument("--steps", type=int, default=10)
     prof.add_argument("--nsys", action="store_true", help="mark the steps with NVTX ranges for Nsight Systems")
+    plan = with_config("plan", "predict peak memory and step cost on fake tensors (no weights, no GPU)")
+    plan.add_argument("--gpu", metavar="NAME", help="target GPU: H200 (default unless --run.device=cpu), H100-80G, "
+                      "A100-80G, A100-40G, L40S, RTX4090")
+    plan.add_argument("--world", type=int, default=1, metavar="N", help="FSDP2 ranks (parallel.strategy = fsdp2)")
+    plan.add_argument("--headroom", type=float, default=0.1, metavar="F",
+                      help="fraction of GPU memory kept free for context, workspaces, fragmentation (0.1)")
+    plan.add_argument("--sweep", action="store_true", help="a grid of checkpointing, aux_chunk, optimizer, batch")
+    plan.add_argument("--sweep-batch", metavar="B,B", help="batch sizes of the sweep (default: data.batch_size)")
+    plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sub.add_parser("bench", help="run the benchmark suite (pytest bench/ --benchmark-only)", add_help=False)
     with_config("sample", "sample images with a model or checkpoint")
     with_config("eval", "sample and score a prompt set")
