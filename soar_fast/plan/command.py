@@ -21,11 +21,7 @@ def _gib(n: float) -> str:
 
 
 def plan_for(cfg: Config, world: int, target: GPU | None, roofline: bool = True) -> StepPlan:
-    if world > 1:
-        from soar_fast.plan.fsdp import plan_fsdp_step
-
-        return plan_fsdp_step(cfg, world=world, gpu=target, roofline=roofline)
-    return plan_step(cfg, gpu=target, roofline=roofline)
+    return plan_step(cfg, gpu=target, roofline=roofline, world=world)
 
 
 def describe(plan: StepPlan, target: GPU | None, headroom: float) -> str:

@@ -17,6 +17,7 @@ eager is the bound), the CUDA-graph pool of the rollout forward, the allocator's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -157,13 +158,35 @@ def _planned_optimizer(cfg: Config, params: list[torch.nn.Parameter], choice: st
     return LowBitAdamWStates(params, choice, lr=cfg.optim.lr)
 
 
-def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = True) -> StepPlan:
-    """Predict one optimizer step of `cfg` on one rank (see the module docstring)."""
+@contextlib.contextmanager
+def _fake_process_group(world: int) -> Iterator[Any]:
+    """A `Dist` of rank 0 in a fake process group of `world` ranks (collectives return at once), or
+    None for one rank."""
+    if world <= 1:
+        yield None
+        return
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from soar_fast.parallel import Dist
+
+    if dist.is_initialized():
+        raise ConfigError("soar-fast plan --world: a process group is already initialised in this process")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        yield Dist(rank=0, world=world, device=torch.device("cpu"), backend="fake")
+    finally:
+        dist.destroy_process_group()
+
+
+def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = True, world: int = 1) -> StepPlan:
+    """Predict one optimizer step of `cfg` on one rank (see the module docstring). `world` > 1: rank 0
+    of `world` FSDP2 ranks (`parallel.strategy = "fsdp2"`), under FSDPMemTracker."""
     from diffusers import SD3Transformer2DModel
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from soar_fast.accel import resolve_accel
-    from soar_fast.plan.tracker import Roofline, StepMemTracker
+    from soar_fast.plan.tracker import Roofline, StepMemTracker, step_fsdp_mem_tracker
     from soar_fast.train.optim import build_lr_scheduler
     from soar_fast.train.profile import instrument, phases_to
     from soar_fast.train.step import step_options
@@ -172,9 +195,9 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
     if int(cfg.soar.num_rollout_paths) != 1:
         raise ConfigError("soar.num_rollout_paths: the planner needs 1 (with stochastic paths the number of aux "
                           "rows depends on the drawn timesteps, which fake tensors do not have)")
-    if cfg.parallel.strategy != "none":
-        raise ConfigError(f"parallel.strategy = {cfg.parallel.strategy!r}: plan one rank with "
-                          "`soar-fast plan --world N` (fsdp2) or strategy 'none'")
+    if world > 1 and cfg.parallel.strategy == "ddp":
+        raise ConfigError("parallel.strategy = 'ddp': the planner shards with fsdp2 only; plan DDP as one rank "
+                          "(plus one gradient copy for its buckets)")
     gpu = gpu_named(gpu) if isinstance(gpu, str) else gpu
     target = _target(cfg)
     step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)  # bad switch combinations first
@@ -184,30 +207,45 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
 
     # The fake step runs on the CPU: compile / CUDA graphs are CUDA-only and not modelled; the
     # optimizer is built for the target below.
-    build_cfg = replace(cfg, run=replace(cfg.run, device="cpu"),
+    parallel = replace(cfg.parallel, strategy="fsdp2" if world > 1 else "none")
+    if world > 1 and cfg.parallel.fsdp_param_dtype == "auto":
+        # FSDP2's "auto" all-gather dtype as decided for the target device, not for the fake CPU one.
+        from soar_fast.parallel.wrap import mixed_precision_dtypes
+
+        param_dtype, _ = mixed_precision_dtypes(cfg.parallel, autocast_bf16=cfg.train.mixed_precision == "bf16",
+                                                device=target)
+        parallel = replace(parallel, fsdp_param_dtype="bfloat16" if param_dtype == torch.bfloat16 else "float32")
+    build_cfg = replace(cfg, run=replace(cfg.run, device="cpu"), parallel=parallel,
                         accel=replace(cfg.accel, optimizer="adamw", compile=False, cuda_graphs=False))
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     with fake:
         model = SD3Transformer2DModel.from_config(config).train()
         source = ShapeSource(shapes)
-    # Built outside the fake mode so the sigma grid holds real values (it is read on the host).
-    trainer = Trainer.build(build_cfg, source=source, model=model)
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    trainer.optimizer = _planned_optimizer(cfg, params, resolved.optimizer, target)
-    trainer.lr_scheduler = build_lr_scheduler(cfg.optim, trainer.optimizer, cfg.train.max_steps)
-    with fake:
-        # A steady-state step: the optimizer state exists before the step begins.
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        instrument(trainer)
-        tracker = StepMemTracker()
-        tracker.track_external(trainer.model, trainer.optimizer, source.null_embeds, source.null_pooled)
-        estimator = Roofline(gpu) if (roofline and gpu is not None) else None
-        with phases_to(tracker.phase), tracker, (estimator if estimator is not None else _null()):
-            trainer.train_step()
-            trainer.apply_update()
+    with _fake_process_group(world) as d:
+        # Built outside the fake mode so the sigma grid holds real values (it is read on the host).
+        trainer = Trainer.build(build_cfg, source=source, model=model, dist=d)
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        trainer.optimizer = _planned_optimizer(cfg, params, resolved.optimizer, target)
+        trainer.lr_scheduler = build_lr_scheduler(cfg.optim, trainer.optimizer, cfg.train.max_steps)
+        with fake:
+            # A steady-state step: the optimizer state exists before the step begins.
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            instrument(trainer)
+            if d is None:
+                tracker = StepMemTracker()
+                tracker.track_external(trainer.model, trainer.optimizer)
+            else:
+                tracker = step_fsdp_mem_tracker(trainer.model, trainer.optimizer)
+            tracker.track_external(source.null_embeds, source.null_pooled)
+            trainer.fns = replace(trainer.fns, forward=tracker.each_call_fresh(trainer.fns.forward),
+                                  rollout_forward=tracker.each_call_fresh(trainer.fns.rollout_forward))
+            estimator = Roofline(gpu) if (roofline and gpu is not None) else None
+            with phases_to(tracker.phase), tracker, (estimator if estimator is not None else _null()):
+                trainer.train_step()
+                trainer.apply_update()
     split = tracker.peak_split()
     flops = step_flops_of(cfg, config, shapes, resolved)
     report = dataclasses.asdict(resolved)
@@ -216,7 +254,7 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
         optimizer=split["optimizer"], activations=split["activations"], flops=flops,
         step_time_s=estimator.seconds if estimator is not None else None,
         compute_bound_s=flops / gpu.bf16_flops if gpu is not None else None,
-        gpu=gpu.name if gpu is not None else None, device=target.type,
+        gpu=gpu.name if gpu is not None else None, device=target.type, rank=0, world=max(int(world), 1),
         phase_peaks=dict(tracker.phase_peaks), accel=report,
         run={"preset": None if cfg.model.path else cfg.model.preset, "path": cfg.model.path,
              "resolution": cfg.model.resolution, "batch_size": shapes.batch,

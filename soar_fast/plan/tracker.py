@@ -4,7 +4,7 @@
   step at the peak. Two gaps closed: (1) MemTracker refuses a second top-level call of the same
   module in one iteration ("multiple iterative calls"), and a SOAR step calls the transformer for the
   main, rollout and aux forwards: each top-level forward starts fresh *module* stats
-  (`reset_mod_stats`), which leaves the device totals, and so the peak, untouched; module-wise peaks
+  (`reset_mod_stats`, through `each_call_fresh`), which leaves the device totals, and so the peak, untouched; module-wise peaks
   are not kept at all (their per-op update dominated the run time); (2) it knows no
   phases beyond its module states: the peak is labelled with the innermost `phase(name)` of the step
   (`soar_fast.train.profile`) that is open when it is reached, "optimizer" inside `optimizer.step`.
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from torch.distributed._tools import MemTracker, RuntimeEstimator
-from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _MemRefType
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY
 from torch.utils._runtime_estimation import _IGNORE_OPS, get_num_bytes
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -32,12 +32,13 @@ from soar_fast.plan.gpus import GPU
 
 aten = torch.ops.aten
 
-# MemTracker's categories -> the planner's split.
+# MemTracker's and FSDPMemTracker's categories (by their names) -> the planner's split. All-gathered
+# (unsharded) parameters count as parameters, unsharded gradients and reduce-scatter buffers as gradients.
 SPLIT = {
-    "params": (_MemRefType.PARAM, _MemRefType.BUFFER),
-    "grads": (_MemRefType.GRAD,),
-    "optimizer": (_MemRefType.OPT,),
-    "activations": (_MemRefType.ACT, _MemRefType.TEMP, _MemRefType.OTH),
+    "params": ("Parameter", "Buffer", "Sharded Param", "Unsharded Param", "All Gather"),
+    "grads": ("Gradient", "Sharded Grad", "Unsharded Grad", "Reduce Scatter"),
+    "optimizer": ("Optstate", "OptState"),
+    "activations": ("Activation", "Temp", "Other", "Inputs"),
 }
 
 
@@ -78,18 +79,19 @@ def _phase_tracking(base: type) -> type:
                     self._peak_mem_snap[dev] = dict(snap)
                     self.peak_phase = name
 
-        def _pre_fw_hook(self, module: torch.nn.Module, inputs: Any) -> None:
-            fqn = self._mod_tracker.get_known_fqn(module)
-            top_level = set(self._mod_tracker.parents) - {fqn} == {"Global"}
-            if module in self.memory_tracking and top_level and not self._mod_tracker.is_bw:
+        def each_call_fresh(self, fn: Any) -> Any:
+            """`fn` (a top-level model call) starting fresh module stats each time it is called."""
+            def call(*args: Any, **kwargs: Any) -> Any:
                 self.reset_mod_stats()
-            super()._pre_fw_hook(module, inputs)
+                return fn(*args, **kwargs)
+            return call
 
         def peak_split(self) -> dict[str, int]:
             """Bytes per category at the peak (one device: the fake step's)."""
             snaps = list(self.get_tracker_snapshot("peak").values())
             snap = snaps[0] if snaps else {}
-            split = {k: sum(snap.get(t, 0) for t in types) for k, types in SPLIT.items()}
+            by_name = {getattr(k, "value", k): v for k, v in snap.items()}
+            split = {k: sum(by_name.get(t, 0) for t in types) for k, types in SPLIT.items()}
             split["total"] = snap.get(_TOTAL_KEY, 0)
             return split
 
