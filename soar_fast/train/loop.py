@@ -88,6 +88,17 @@ class Window:
                 "grad_norm": gnorm, "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed}
 
 
+def _log_measured_peak(trainer: Trainer, step: int) -> bool:
+    """On CUDA, the allocator's peak so far beside the planner's prediction (once, at the first log step)."""
+    if trainer.device.type != "cuda" or not trainer.is_main:
+        return True
+    measured = torch.cuda.max_memory_allocated(trainer.device)
+    predicted = trainer.predicted_peak_bytes
+    log.info("memory: measured peak %.2f GiB after %d steps (torch.cuda.max_memory_allocated)%s", measured / 2**30,
+             step, f", predicted {predicted / 2**30:.2f} GiB ({measured / predicted:.2f}x)" if predicted else "")
+    return True
+
+
 def fit(trainer: Trainer) -> str:
     """Train to `train.max_steps`; returns "done", or "stopped" after a signal (checkpoint saved)."""
     cfg = trainer.cfg
@@ -108,6 +119,7 @@ def fit(trainer: Trainer) -> str:
     bar = _progress(cfg.log.progress and trainer.is_main, trainer.step, max_steps)
     d = trainer.dist
     window = Window()
+    peak_logged = False
     status = "done"
     try:
         with GracefulStop() as stop:
@@ -143,6 +155,8 @@ def fit(trainer: Trainer) -> str:
                 if (is_log or is_save) and not sync_check and int(first_bad) >= 0:  # host sync
                     raise NonFiniteLossError(_nonfinite_message(int(first_bad), out))
                 if is_log and window.steps:
+                    if not peak_logged:
+                        peak_logged = _log_measured_peak(trainer, step)
                     record = window.record(step, d)
                     metrics.log(record)
                     if trainer.is_main:

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import shutil
+from dataclasses import replace
 from typing import Any
 
 from soar_fast.config import Config
@@ -89,7 +90,9 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
     from soar_fast.train.loop import fit
     from soar_fast.train.trainer import Trainer
 
+    predicted = log_predicted_peak(cfg, d)
     trainer = Trainer.build(cfg, dist=d)
+    trainer.predicted_peak_bytes = predicted
     log.info("model: %s, %.2fM parameters, on %s; step: %s", cfg.model.path or f"preset {cfg.model.preset}",
              count_parameters(trainer.model) / 1e6, trainer.device, trainer.opts)
     if checkpoint is not None:
@@ -114,6 +117,29 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
         log.info("done: %d steps; outputs in %s (metrics.jsonl, plots/loss.png, checkpoints/, transformer/)",
                  trainer.step, out)
     return 0
+
+
+def log_predicted_peak(cfg: Config, d: Any) -> int | None:
+    """`log.plan_memory`: the planner's peak for this rank, logged before any weight is allocated.
+    A planner failure is a warning: it never stops a run."""
+    from soar_fast.train.trainer import resolve_device
+
+    on = cfg.log.plan_memory if cfg.log.plan_memory is not None else resolve_device(cfg.run).type == "cuda"
+    if not on or not d.is_main:
+        return None
+    from soar_fast.plan import plan_step
+
+    world = d.world if cfg.parallel.strategy == "fsdp2" else 1
+    single = replace(cfg, parallel=replace(cfg.parallel, strategy="none"))
+    try:
+        plan = plan_step(single, roofline=False, world=world)
+    except Exception as e:  # noqa: BLE001 - the prediction is advice; training goes on without it
+        log.warning("memory: no prediction (%s: %s)", type(e).__name__, e)
+        return None
+    log.info("memory: predicted peak %.2f GiB per rank in %s (parameters %.2f, gradients %.2f, optimizer %.2f, "
+             "activations %.2f GiB; soar-fast plan)", plan.peak_bytes / 2**30, plan.phase, plan.params / 2**30,
+             plan.grads / 2**30, plan.optimizer / 2**30, plan.activations / 2**30)
+    return plan.peak_bytes
 
 
 def log_environment() -> None:

@@ -95,6 +95,8 @@ class Trainer:
     world: int = 1
     step: int = 0
     dist: Dist = field(default_factory=Dist)
+    predicted_peak_bytes: int | None = None
+    """The planner's predicted peak of one step on this rank (`log.plan_memory`), for the log."""
     _batches: Any = field(default=None, repr=False)
 
     @classmethod
