@@ -68,11 +68,18 @@ def fits(plan: StepPlan, gpu: GPU | None, headroom: float) -> bool | None:
 def run_sweep(cfg: Config, grid: Sequence[Choice], plan: Callable[[Config, Choice], StepPlan], *,
               gpu: GPU | None, headroom: float,
               progress: Callable[[int, int, Choice], None] | None = None) -> list[SweepRow]:
-    rows = []
+    rows, planned = [], {}
     for i, choice in enumerate(grid):
-        if progress is not None:
-            progress(i, len(grid), choice)
-        p = plan(choice.apply(cfg), choice)
+        # adamw8bit and adamw_fp8 plan the same state layout (1-byte codes + fp32 block scales,
+        # `soar_fast.plan.low_bit`): one fake step serves both.
+        key = replace(choice, optimizer="adamw8bit") if choice.optimizer == "adamw_fp8" else choice
+        if key not in planned:
+            if progress is not None:
+                progress(i, len(grid), choice)
+            planned[key] = plan(key.apply(cfg), key)
+        p = planned[key]
+        if key != choice:
+            p = replace(p, accel={**p.accel, "optimizer": choice.optimizer})
         rows.append(SweepRow(choice, p, fits(p, gpu, headroom)))
     return rows
 
