@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from soar_fast.kernels.aux_points import check_aux_shapes
-from soar_fast.kernels.dispatch import LIB, empty, kind_code
+from soar_fast.kernels.aux_points import aux_outputs, aux_points_fake, check_aux_shapes
+from soar_fast.kernels.dispatch import LIB, kind_code
 
 LIB_NAME = "libsoar_kernels.so"
 ENV_VAR = "SOAR_FAST_CUDA_LIB"
@@ -162,9 +162,7 @@ def _cuda_aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torc
                         sigma_prime: torch.Tensor, row_table: torch.Tensor, path_noise: torch.Tensor | None,
                         cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
                         out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    latents = empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device)
-    targets = empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
     if latents.numel():
         _launch_into(latents, targets, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                      path_noise, cfg_scale=cfg_scale, kind=kind, noise_scale=noise_scale,
@@ -172,12 +170,7 @@ def _cuda_aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torc
     return latents, targets
 
 
-@_cuda_aux_points_op.register_fake
-def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale, kind,
-      noise_scale, sigma_hat_at_one, out_dtype):
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    return (z_t0.new_empty(shape, dtype=out_dtype or z_t0.dtype),
-            z_t0.new_empty(shape, dtype=out_dtype or torch.float32))
+_cuda_aux_points_op.register_fake(aux_points_fake)
 
 
 def cuda_fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise,
