@@ -1,7 +1,7 @@
 """One root seed, one independent random stream per (rank, stream).
 
 The reference calls `set_seed(seed)` on every rank, so every GPU draws the same t0, z1, aux fractions
-and posterior noise (reference-notes §3.1, §8.2): W GPUs see only B distinct noise draws per step.
+and posterior noise (docs/objective.md §8): W GPUs see only B distinct noise draws per step.
 Here a stream's seed is a hash of (root seed, rank, stream name[, extra ints]), so
 - ranks never share draws, and streams of one rank are unrelated (no `seed + rank` collisions:
   `seed=1, rank=0` and `seed=0, rank=1` give different streams);

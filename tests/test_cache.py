@@ -160,7 +160,7 @@ def test_training_from_a_cache_builds_no_encoder(tiny_dir: Path, exact_jsonl: Pa
 
 
 def test_cli_acceptance(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 4: `data check` (skip → 15 kept / 3 skipped; error → names data.jsonl:4), then
+    """The bad-input acceptance set: `data check` (skip → 15 kept / 3 skipped; error → names data.jsonl:4), then
     `cache` and `train --data.cache` with the exported folder."""
     from soar_fast.cli import main
 

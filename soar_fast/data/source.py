@@ -20,7 +20,7 @@ class TrainBatch:
 
     latent_mean: [B, C, h, w] float32, VAE posterior mean with shift and scaling applied.
     latent_std: [B, C, h, w] float32 posterior std (scaled), or None for a deterministic encoder.
-    prompt_embeds: [B, 77 + S, D] (CLIP-L ‖ CLIP-G zero-padded to D, then T5; reference-notes §1.2).
+    prompt_embeds: [B, 77 + S, D] (CLIP-L ‖ CLIP-G zero-padded to D, then T5; docs/data.md).
     pooled: [B, P] projected CLIP-L ‖ CLIP-G pooled outputs.
     lines: JSONL line number of each sample (provenance for logs and tests).
     flipped: whether each sample is the horizontally flipped image.

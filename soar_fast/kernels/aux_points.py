@@ -1,4 +1,4 @@
-"""Fused CFG + rollout + re-noise + targets over every aux point (SPEC.md §1 step 4).
+"""Fused CFG + rollout + re-noise + targets over every aux point (docs/objective.md §3, step 4).
 
 One program owns (sample b, a block of C·H·W elements): it reads z_t0, v_u, v_c, z0, z1 once (plus
 its path noise), forms v_cfg, the ODE endpoint (path 0) and the `kind` endpoint of every stochastic

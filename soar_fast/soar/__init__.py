@@ -1,4 +1,4 @@
-"""The SOAR objective, eager (SPEC.md §1): the semantics every fast path is checked against.
+"""The SOAR objective, eager (docs/objective.md): the semantics every fast path is checked against.
 
 Public contract: `SigmaGrid`, `rollout_step`, `aux_points`, `AuxPoints`. The rest is the internal map
 of docs/internal-api.md, used by the trainer and the kernels.

@@ -1,7 +1,7 @@
 """AdamW and the learning-rate schedules (`[optim]`), stepped once per optimizer step.
 
 The schedule horizon is `train.max_steps` optimizer steps on every world size: the reference's
-scheduler is stretched by the number of GPUs under DeepSpeed (reference-notes §8.4); this one is not.
+scheduler is stretched by the number of GPUs under DeepSpeed (docs/objective.md §8); this one is not.
 """
 
 from __future__ import annotations

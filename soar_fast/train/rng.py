@@ -2,7 +2,7 @@
 
 Each stream is independent of the others, so adding a draw to one stream (or skipping a step's
 draws) never shifts another, and every rank gets its own noise (the reference draws identical noise
-on every GPU, reference-notes §8.2). The global torch RNG is never used by training.
+on every GPU, docs/objective.md §8). The global torch RNG is never used by training.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One SOAR training step (SPEC.md §2), in order, as one function: `soar_step`.
+"""One SOAR training step (docs/objective.md §3), in order, as one function: `soar_step`.
 
 batch → z_t0 → main forward (grad) → rollout forward (no grad) → CFG + aux points → aux forward(s)
 → loss → backward. The optimizer step is the trainer's (it also owns clipping and accumulation).
@@ -252,7 +252,7 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     backward.finish(loss, main_sum)
     # Logged parts are this rank's shares of the global values (its sums over the global counts): one
     # process logs its means; with several, the loop sums the shares over ranks on log steps, giving
-    # the global loss and mean items (the reference logs the shares alone: ≈ means / W, §8.5).
+    # the global loss and mean items (the reference logs the shares alone: ≈ means / W; docs/objective.md §5).
     return LossParts(loss=loss.detach(), loss_main=main_sum.detach() / normaliser(n_main, 0, 0.0),
                      loss_aux=aux_sum.detach() / normaliser(0, n_aux, 1.0), n_main=n_main, n_aux=n_aux)
 
