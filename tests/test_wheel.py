@@ -91,6 +91,11 @@ def test_wheel_beside_hugging_face_kernels(tmp_path):
     assert _run(python, "-I", "-c", check, cwd=tmp_path).split() == [
         str(hf_init), str(site / "soar_fast" / "kernels" / "__init__.py")]
 
+    # Installed without its repository: `soar-fast bench` has no suite to run and says so (exit 2).
+    bench = subprocess.run([str(python), "-I", "-m", "soar_fast.cli", "bench"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert bench.returncode == 2 and "benchmark suite (bench/) is not installed" in bench.stderr, bench.stderr
+
     _run(python, "-m", "pip", "uninstall", "-y", "-q", "soar-fast", cwd=tmp_path)
     assert not (site / "soar_fast").exists()
     assert _record_intact(site, hf_info) == []
