@@ -33,10 +33,10 @@ from bench.conftest import table_path
 from bench.step_table import step_table, write_step_table
 from soar_fast.accel import apply_accel
 from soar_fast.accel.flops import fast_work, measure_peak_flops, reference_work, step_flops
-from soar_fast.accel.optim import build_optimizer
-from soar_fast.config import AccelConfig, ModelConfig, RunConfig, SoarConfig
+from soar_fast.config import AccelConfig, ModelConfig, OptimConfig, RunConfig, SoarConfig
 from soar_fast.models.transformer import build_transformer, velocity_fn
 from soar_fast.soar import SigmaGrid, draw
+from soar_fast.train.optim import build_optimizer
 from soar_fast.train.step import StepFns, soar_step, step_options
 
 CUDA = torch.cuda.is_available()
@@ -138,8 +138,8 @@ class StepRunner:
         self.fns = apply_accel(self.model, StepFns(forward=forward, rollout_forward=forward), accel, device=device)
         self.report = self.model.soar_accel_report
         self.opts = step_options(accel, mixed_precision="bf16" if CUDA else "no")
-        self.optimizer = build_optimizer(self.model.parameters(), accel.optimizer, lr=1e-6, weight_decay=1e-4,
-                                         device=device)
+        self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.model.parameters(),
+                                         state=accel.optimizer, device=device)
         self.grid = SigmaGrid().to(device)
         self.soar = SoarConfig(trajectory_length=K)
         self.inputs = inputs

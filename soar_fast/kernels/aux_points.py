@@ -1,4 +1,4 @@
-"""Fused CFG + rollout + re-noise + targets over every aux point (SPEC.md §1 step 4).
+"""Fused CFG + rollout + re-noise + targets over every aux point (docs/objective.md §3, step 4).
 
 One program owns (sample b, a block of C·H·W elements): it reads z_t0, v_u, v_c, z0, z1 once (plus
 its path noise), forms v_cfg, the ODE endpoint (path 0) and the `kind` endpoint of every stochastic
@@ -68,12 +68,20 @@ def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp
                       chw, offs, mask)
 
 
+def aux_outputs(z_t0: torch.Tensor, sigma_prime: torch.Tensor,
+                out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (latents, targets) buffers every implementation fills: (N, C, H, W) with N = len(σ');
+    latents in `out_dtype or z_t0.dtype`, targets in `out_dtype or float32`."""
+    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
+    return (empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device),
+            empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device))
+
+
 def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                                path_noise, *, cfg_scale: float, kind: str, noise_scale: float,
                                sigma_hat_at_one: float, out_dtype=None):
     """Eager twin of `fused_aux_points` (float32 math; gathers rows with a host sync, fine on CPU)."""
     P = row_table.shape[1]
-    N = sigma_prime.shape[0]
     col = (-1,) + (1,) * (z_t0.dim() - 1)
     s0, s1 = sigma0.float().view(col), sigma1.float().view(col)
     z, z0f, z1f = z_t0.float(), z0.float(), z1.float()
@@ -95,8 +103,7 @@ def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
     alpha = ((sp - s1[b_idx]) * (1.0 / (1.0 - s1[b_idx]).clamp_min(1e-8))).clamp(0.0, 1.0)
     zp = (1.0 - alpha) * torch.stack(ends)[p_idx, b_idx] + alpha * z1f[b_idx]
     tgt = (zp - z0f[b_idx]) * (1.0 / sp)
-    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
-    targets = empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
     latents[rows] = zp.to(latents.dtype)
     targets[rows] = tgt.to(targets.dtype)
     return latents, targets
@@ -116,8 +123,7 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
         return fused_aux_points_reference(*args, **opts)
     B, P, K = row_table.shape
     chw = z_t0[0].numel()
-    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
-    targets = empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
     block = launch_block(chw)
     c = [t.contiguous() for t in (z_t0, v_uncond, v_cond, z0, z1)]
     noise = path_noise.contiguous() if P > 1 else c[0]  # dummy pointer when there is no stochastic path
@@ -128,12 +134,14 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
     return latents, targets
 
 
-@_aux_points_op.register_fake
-def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale, kind,
-      noise_scale, sigma_hat_at_one, out_dtype):
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    return (z_t0.new_empty(shape, dtype=out_dtype or z_t0.dtype),
-            z_t0.new_empty(shape, dtype=out_dtype or torch.float32))
+def aux_points_fake(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale,
+                    kind, noise_scale, sigma_hat_at_one, out_dtype):
+    """The fake (shapes and dtypes only, for torch.compile) of every aux-points op: this one and
+    the CUDA C++ twin's (`cuda_aux.py`)."""
+    return aux_outputs(z_t0, sigma_prime, out_dtype)
+
+
+_aux_points_op.register_fake(aux_points_fake)
 
 
 def check_aux_shapes(who: str, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,

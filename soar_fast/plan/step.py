@@ -133,7 +133,8 @@ def _target(cfg: Config) -> torch.device:
 
 def step_flops_of(cfg: Config, config: dict[str, Any], shapes: RunShapes, accel: Any) -> int:
     """Executed FLOPs of one optimizer step per `soar_fast.accel.flops` (transformer matmuls)."""
-    from soar_fast.accel.flops import fast_work, image_tokens, reference_work, step_flops
+    from soar_fast.accel.flops import fast_work, reference_work, step_flops
+    from soar_fast.models.transformer import image_tokens
 
     B = shapes.batch
     aux_rows = B * int(cfg.soar.trajectory_length) * int(cfg.soar.num_rollout_paths)
@@ -141,8 +142,8 @@ def step_flops_of(cfg: Config, config: dict[str, Any], shapes: RunShapes, accel:
         work = reference_work(B, aux_rows)
     else:
         work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond,
-                         checkpointing=accel.grad_checkpointing)
-    n_image = image_tokens(config, *shapes.latent_hw)
+                         checkpointing="full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing)
+    n_image = image_tokens(config, shapes.latent_hw)
     accum = max(int(cfg.train.gradient_accumulation_steps), 1)
     return accum * step_flops(config, n_image, shapes.text_tokens, work)
 
@@ -188,8 +189,7 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
     from soar_fast.accel import resolve_accel
     from soar_fast.plan.tracker import Roofline, StepMemTracker, step_fsdp_mem_tracker
     from soar_fast.train.optim import build_lr_scheduler
-    from soar_fast.train.profile import instrument, phases_to
-    from soar_fast.train.step import step_options
+    from soar_fast.train.phases import instrument, timing
     from soar_fast.train.trainer import Trainer
 
     if int(cfg.soar.num_rollout_paths) != 1:
@@ -200,8 +200,7 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
                           "(plus one gradient copy for its buckets)")
     gpu = gpu_named(gpu) if isinstance(gpu, str) else gpu
     target = _target(cfg)
-    step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)  # bad switch combinations first
-    resolved = resolve_accel(cfg.accel, target)
+    resolved = resolve_accel(cfg.accel, target)  # bad switch combinations are config errors here
     config = model_config(cfg)
     shapes = run_shapes(cfg, config)
 
@@ -243,12 +242,12 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
             trainer.fns = replace(trainer.fns, forward=tracker.each_call_fresh(trainer.fns.forward),
                                   rollout_forward=tracker.each_call_fresh(trainer.fns.rollout_forward))
             estimator = Roofline(gpu) if (roofline and gpu is not None) else None
-            with phases_to(tracker.phase), tracker, (estimator if estimator is not None else _null()):
+            with timing(tracker.phase), tracker, (estimator if estimator is not None else _null()):
                 trainer.train_step()
                 trainer.apply_update()
     split = tracker.peak_split()
     flops = step_flops_of(cfg, config, shapes, resolved)
-    report = dataclasses.asdict(resolved)
+    report = resolved.as_dict()
     return StepPlan(
         peak_bytes=split["total"], phase=tracker.peak_phase, params=split["params"], grads=split["grads"],
         optimizer=split["optimizer"], activations=split["activations"], flops=flops,
