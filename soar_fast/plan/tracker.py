@@ -14,6 +14,9 @@
   here come from a named `GPU`; and torch's FLOP table has no entry for the CPU flash attention ops
   that a fake step on the CPU dispatches to, so those are counted with the SDPA formulas. It also
   prints its total on exit; this one stays quiet.
+- `SACEstimator` is not used: selective checkpointing runs as the trainer applies it (torch's
+  selective-checkpoint contexts, `soar_fast/accel/checkpointing.py`), so MemTracker sees exactly what
+  it saves and recomputes; the estimator answers another question (which ops to save under a budget).
 """
 
 from __future__ import annotations
