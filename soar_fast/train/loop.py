@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from soar_fast.errors import UserError
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
 from soar_fast.train.checkpoint import save_checkpoint, save_folder_atomically, save_transformer
 from soar_fast.train.metrics import MetricsLog
@@ -23,7 +24,7 @@ from soar_fast.train.trainer import StepResult, Trainer
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or the gradient norm) became NaN/inf; the message names the step."""
 
 
