@@ -43,11 +43,13 @@ def _encoding_parts(root: Path) -> list[str]:
 
 
 def check_model_folder(path: str | None, *, encodes: bool, why: str = "") -> None:
-    """Raise ModelFolderError naming every missing part of `path` (None: a preset, nothing to check)."""
+    """Raise ModelFolderError naming every missing part of `path` (None: a preset, nothing to check);
+    `why` says what needs the parts."""
     if not path:
         return
     missing = missing_parts(path, encodes=encodes)
     if missing == ["the folder itself"]:
         raise ModelFolderError(f"model.path={path}: no such folder")
     if missing:
-        raise ModelFolderError(f"model.path={path}: missing {', '.join(missing)}{why} (README: model.path)")
+        reason = f"; {why}" if why else ""
+        raise ModelFolderError(f"model.path={path}: missing {', '.join(missing)}{reason} (README: model.path)")
