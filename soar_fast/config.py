@@ -126,8 +126,8 @@ class OptimConfig:
     """Peak learning rate (reference: 2e-5 constant)."""
     betas: tuple[float, float] = ruled((0.9, 0.999), between(0, 1, hi_open=True))
     """AdamW betas."""
-    eps: float = ruled(1e-8, at_least(0))
-    """AdamW epsilon."""
+    eps: float = ruled(1e-8, above(0))
+    """AdamW epsilon (0 would divide by zero where a gradient is zero)."""
     weight_decay: float = ruled(1e-4, at_least(0))
     """AdamW decoupled weight decay (reference code 1e-4; its README uses 1e-2)."""
     max_grad_norm: float = ruled(1.0, at_least(0))

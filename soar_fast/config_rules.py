@@ -158,11 +158,9 @@ def _uses_demo(cfg: Any) -> bool:
 
 
 def _demo_minimum(batch_size: int) -> int:
-    # ¾ of the demo images are square (data/demo.py); that bucket must fill one batch.
-    n = max(int(batch_size), 1)
-    while n - n // 4 < batch_size:
-        n += 1
-    return n
+    # ¾ of the demo images are square (data/demo.py: every 4th is landscape), so that bucket holds
+    # n - n // 4 = ceil(3n / 4) images; the least n with ceil(3n / 4) >= batch_size:
+    return max(4 * (int(batch_size) - 1) // 3 + 1, 1)
 
 
 def demo_fills_a_batch() -> Check:
