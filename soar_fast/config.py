@@ -5,6 +5,10 @@ the defaults are the embedded demo (tiny model, generated data, CPU-sized); the 
 values are kept wherever the reference has one (reference-notes §3, §7), and a field whose
 demo value differs from the reference says so. Loading, overrides and error reporting live in
 `config_io.py`; each component receives only its own section.
+
+A field with limits declares them beside it, `name: int = ruled(default, at_least(1))` (rule types in
+`config_rules.py`); every rule is checked when the config is loaded, and the property test of
+tests/test_config_rules.py covers a newly ruled field without new test code.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ class RunConfig:
     matrices gain nothing from more, while spin-waiting OpenMP threads on a busy 2-core machine made
     a demo step 15x slower (measured 0.25 s with 1 thread vs 3.9 s with 2)."""
     overwrite: bool = False
-    """Start a fresh run in an `output_dir` that already holds checkpoints, deleting that run's
-    checkpoints/, transformer/, metrics.jsonl, tensorboard/ and plots/. Without it (and without
-    `--resume`) such a folder is an error, so a finished run is never overwritten by accident."""
+    """Start a fresh run in an `output_dir` that already holds checkpoints or an exported `transformer/`,
+    deleting that run's checkpoints/, transformer/, metrics.jsonl, tensorboard/ and plots/. Without it
+    such a folder is an error, so a finished run is never overwritten by accident."""
 
 
 @dataclass
