@@ -24,10 +24,10 @@ from soar_fast.kernels.dispatch import LIB, empty, kind_code, launch_block, tl, 
 
 
 @triton.jit
-def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, row_base, K, chw,
-                  offs, mask):
+def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, row_base, chw, offs, mask,
+                  K: tl.constexpr):
     """Re-noise one path endpoint towards z1 at K points and store latents and targets."""
-    for k in range(K):
+    for k in tl.static_range(K):
         row = tl.load(table_ptr + row_base + k)
         sp = tl.load(sp_ptr + tl.maximum(row, 0))  # row −1 loads row 0's σ' and stores nothing
         alpha = tl.minimum(tl.maximum((sp - s1) * inv_span, 0.0), 1.0)
@@ -42,8 +42,11 @@ def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr
 
 @triton.jit
 def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp_ptr, table_ptr, noise_ptr,
-                       lat_ptr, tgt_ptr, cfg_scale, noise_scale, s_hat_one, B, P, K, chw,
-                       KIND: tl.constexpr, BLOCK: tl.constexpr):
+                       lat_ptr, tgt_ptr, cfg_scale, noise_scale, s_hat_one, B, chw,
+                       P: tl.constexpr, K: tl.constexpr, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    # P and K are compile-time: the loops unroll (every store straight from registers), and triton
+    # 3.6's interpreter cannot take range() of a runtime scalar under numpy >= 2.4 (it calls int()
+    # on a 1-element array). Each (P, K) compiles once; a run keeps one.
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < chw
@@ -58,14 +61,14 @@ def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp
     s1 = tl.load(s1_ptr + b)
     inv_span = tl.div_rn(1.0, tl.maximum(1.0 - s1, 1e-8))
     z1p = rollout_math(z, v, z, s0, s1, noise_scale, s_hat_one, 0)  # path 0: ODE, noise unused
-    _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, b * P * K, K, chw,
-                  offs, mask)
-    for p in range(1, P):
+    _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, b * P * K, chw, offs, mask,
+                  K)
+    for p in tl.static_range(1, P):
         nidx = ((p - 1) * B + b).to(tl.int64) * chw + offs
         eps = tl.load(noise_ptr + nidx, mask=mask, other=0.0).to(tl.float32)
         z1p = rollout_math(z, v, eps, s0, s1, noise_scale, s_hat_one, KIND)
-        _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, (b * P + p) * K, K,
-                      chw, offs, mask)
+        _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, (b * P + p) * K, chw,
+                      offs, mask, K)
 
 
 def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
@@ -118,7 +121,7 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
     _aux_points_kernel[(B, triton.cdiv(chw, block))](
         *c, sigma0.float().contiguous(), sigma1.float().contiguous(), sigma_prime.float().contiguous(),
         row_table.to(torch.int32).contiguous(), noise, latents, targets, cfg_scale, noise_scale,
-        sigma_hat_at_one, B, P, K, chw, KIND=kind_code(kind), BLOCK=block)
+        sigma_hat_at_one, B, chw, P=P, K=K, KIND=kind_code(kind), BLOCK=block)
     return latents, targets
 
 
