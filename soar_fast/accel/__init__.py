@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
-from .attention import apply_attention, resolve_attention
+from .attention import apply_attention, attention_calls, resolve_attention
 from .checkpointing import apply_checkpointing, reference_checkpointing
 from .compile import apply_compile
 from .cuda_graphs import GraphedForward, apply_cuda_graphs
@@ -51,6 +52,7 @@ __all__ = [
     "apply_compile",
     "apply_cuda_graphs",
     "apply_float8",
+    "attention_calls",
     "build_optimizer",
     "forward_flops",
     "fused_cfg_aux_fn",
@@ -83,7 +85,11 @@ def resolve_accel(accel: Any, device: torch.device | str) -> Any:
 
 @dataclass
 class AccelReport:
-    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`)."""
+    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`).
+
+    `attention` is the backend installed; `attention_ran` (in `as_dict`) is what the attention calls
+    so far actually ran, counted per call, read when asked (after a step it names the kernel and dtype).
+    """
 
     mode: str
     attention: str
@@ -99,9 +105,12 @@ class AccelReport:
     aux_kernel: str
     optimizer: str
     device: str = "cpu"
+    attention_ran: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "attention_ran"}
+        out["attention_ran"] = self.attention_ran() if self.attention_ran is not None else "not counted"
+        return out
 
     def summary(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
@@ -134,7 +143,8 @@ def apply_accelerations(transformer: torch.nn.Module, accel: Any, device: torch.
         rollout_reuse_cond=accel.rollout_reuse_cond, batched_aux=accel.batched_aux, aux_chunk=accel.aux_chunk,
         fuse_main_into_aux=accel.fuse_main_into_aux, fused_kernels=accel.fused_kernels,
         aux_kernel=(aux_kernel_name or accel.aux_kernel) if accel.fused_kernels else "off",
-        optimizer=accel.optimizer, device=str(device))
+        optimizer=accel.optimizer, device=str(device),
+        attention_ran=lambda: attention_calls(transformer))
     log.info("accelerations: %s", report.summary())
     return report
 
