@@ -34,7 +34,7 @@ from .compile import apply_compile
 from .cuda_graphs import GraphedForward, apply_cuda_graphs
 from .float8 import apply_float8
 from .flops import ForwardFlops, StepWork, forward_flops, step_flops
-from .fused import fused_cfg_aux_fn, fused_step_pieces
+from .fused import fused_cfg_aux_fn, fused_step_pieces, kernel_name
 from .optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,13 @@ def accelerate_step_fns(fns: Any, accel: Any, device: torch.device | str) -> tup
     device = torch.device(device)
     accel = resolve_accel(accel, device)
     changes: dict[str, Any] = {}
-    kernel_name = "off"
+    kernel = "off"
     if accel.fused_kernels:
-        changes["cfg_aux"], changes["flow_loss"], kernel_name = fused_step_pieces(accel.aux_kernel, device)
+        changes.update(fused_step_pieces(accel.aux_kernel, device))
+        kernel = kernel_name(accel.aux_kernel, device)
     if accel.cuda_graphs and device.type == "cuda":
         changes["rollout_forward"], _ = apply_cuda_graphs(fns.rollout_forward, device)
-    return (dataclasses.replace(fns, **changes) if changes else fns), kernel_name
+    return (dataclasses.replace(fns, **changes) if changes else fns), kernel
 
 
 def apply_accel(model: torch.nn.Module, fns: Any, accel: Any, *, device: torch.device | str,
@@ -170,8 +171,8 @@ def apply_accel(model: torch.nn.Module, fns: Any, accel: Any, *, device: torch.d
     (decided by the caller, which knows the parallel strategy). The report of what is on is logged
     and kept on the model as `soar_accel_report`.
     """
-    fns, kernel_name = accelerate_step_fns(fns, accel, device)
-    report = apply_accelerations(model, accel, device, aux_kernel_name=kernel_name,
+    fns, aux_name = accelerate_step_fns(fns, accel, device)
+    report = apply_accelerations(model, accel, device, aux_kernel_name=aux_name,
                                  float8_all_gather=float8_all_gather)
     # Not a parameter or buffer: invisible to state dicts and checkpoints.
     object.__setattr__(model, "soar_accel_report", report)

@@ -29,6 +29,8 @@ CfgAux = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SoarD
                   AuxPoints]
 # (pred [N,...], target [N,...], weight [N]) -> per-sample weighted MSE [N] float32, differentiable
 FlowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (pred [n,...], pts, rows, z0 [B,...], weight [n]) -> per-row weighted MSE of the aux rows `rows` [n] float32
+AuxLoss = Callable[[torch.Tensor, AuxPoints, slice, torch.Tensor, torch.Tensor], torch.Tensor]
 # (this rank's n_main, n_aux) -> (the counts over all ranks)
 GlobalCounts = Callable[[int, int], tuple[Count, Count]]
 
@@ -43,6 +45,12 @@ def eager_cfg_aux(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tens
                       timestep_mode=soar.timestep_mode)
 
 
+def stored_target_loss(pred: torch.Tensor, pts: AuxPoints, rows: slice, z0: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """Aux loss against the stored targets (the fused kernels recompute them from the latents instead)."""
+    return weighted_mse(pred, pts.targets[rows], weight)
+
+
 @dataclass
 class StepFns:
     """The replaceable pieces of the step. `forward` carries gradients (main and aux forwards);
@@ -52,6 +60,7 @@ class StepFns:
     rollout_forward: Model
     cfg_aux: CfgAux = eager_cfg_aux
     flow_loss: FlowLoss = weighted_mse
+    aux_loss: AuxLoss = stored_target_loss
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
         if with_main:
             v0, pred = pred.split([B, pred.shape[0] - B])
             main = fns.flow_loss(v0, main_target, main_weight)
-        part = fns.flow_loss(pred, pts.targets[rows], loss_weight(pts.sigmas[rows], scheme)).sum()
+        part = fns.aux_loss(pred, pts, rows, z0, loss_weight(pts.sigmas[rows], scheme)).sum()
         if per_chunk_backward:
             # A fused main shares this chunk's graph, so it goes back here, once (not in step 7).
             chunk_sum = soar.lambda_aux * part + (main.sum() if with_main else 0.0)
