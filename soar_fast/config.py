@@ -182,8 +182,9 @@ class AccelConfig:
     """Optimizer state precision (low-bit states from torchao)."""
     grad_checkpointing: Literal["none", "full", "selective"] = "none"
     """Activation checkpointing of transformer blocks."""
-    fused_kernels: bool = True
-    """Fused CFG + aux-points + loss kernels (Triton on CUDA; eager twins on CPU)."""
+    fused_kernels: bool | None = None
+    """Fused CFG + aux-points + loss kernels (Triton on CUDA; their eager twins on CPU). None = on with
+    CUDA, off on CPU, where the plain eager math is the faster exact path (the twins pay custom-op dispatch)."""
     aux_kernel: Literal["auto", "triton", "cuda", "eager"] = "auto"
     """Implementation of the fused aux-points kernel."""
 

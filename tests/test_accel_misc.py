@@ -61,6 +61,11 @@ def test_telemetry_absent_without_noise_on_cpu(capsys):
 def test_resolve_auto_and_reference():
     fast = resolve_accel(dataclasses.replace(AccelConfig(), compile=None, cuda_graphs=None), "cpu")
     assert fast.compile is False and fast.cuda_graphs is False
+    # The elementwise work: plain eager on CPU (faster than the kernels' eager twins), kernels on CUDA;
+    # an explicit choice is kept.
+    assert resolve_accel(AccelConfig(), "cpu").fused_kernels is False
+    assert resolve_accel(AccelConfig(), "cuda").fused_kernels is True
+    assert resolve_accel(AccelConfig(fused_kernels=True), "cpu").fused_kernels is True
     ref = resolve_accel(AccelConfig(mode="reference"), "cpu")
     assert (ref.rollout_reuse_cond, ref.batched_aux, ref.fused_kernels, ref.grad_checkpointing) == (
         False, False, False, "full")
