@@ -129,3 +129,20 @@ def test_diffusers_processor_is_reported_as_uncounted():
     report = apply_accelerations(model, AccelConfig(attention="auto", compile=False), "cpu")
     assert report.attention == "sdpa"
     assert report.as_dict()["attention_ran"] == "diffusers processor (not counted)"
+
+
+def test_counting_and_cast_trace_under_compile():
+    # On a GPU the blocks are compiled with fullgraph=True: the cast and the count must not break the
+    # graph, and dynamo replays the count on every call.
+    from soar_fast.accel.attention import attention_calls
+    from soar_fast.accel.compile import apply_compile
+
+    torch._dynamo.reset()
+    model = tiny_model().train()
+    backend = AttentionBackend("sdpa_cudnn", sdpa_backends=(SDPBackend.FLASH_ATTENTION, SDPBackend.MATH))
+    model.set_attn_processor(SoarJointAttnProcessor(backend))
+    apply_compile(model, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**inputs())[0].float().mean().backward()
+    assert attention_calls(model) == f"sdpa_cudnn (compiled) bf16×{2 * ATTENTION_CALLS_PER_FORWARD}"
