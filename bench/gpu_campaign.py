@@ -286,6 +286,9 @@ def measure_steps(campaign: Campaign, rows: list[dict], peak_flops: float | None
                 built.cpu_peak_bytes = cpu_step_peak_bytes(built)
             row = make_row(built, preset=preset, resolution=resolution, batch=batch, device=device,
                            peak_flops=peak_flops, reference=None, timing="alone")
+        except OutOfTime:
+            campaign.skip(what, "the budget ran out during this row")
+            raise
         except torch.cuda.OutOfMemoryError as err:
             campaign.skip(what, f"out of memory: {str(err).splitlines()[0][:200]}")
             continue
