@@ -38,11 +38,11 @@ RESERVE_S = 20.0          # kept back for the final files
 CORRECTNESS_TESTS = ["tests/kernels", "tests/test_accel_misc.py", "tests/test_accel_float8.py",
                      "tests/test_accel_attention.py"]
 # The SD3.5-M latent at 512² only: the 1024² rows double the phase for nothing the step bench uses.
-KERNEL_BENCH_SELECTION = "16x64x64"
+KERNEL_BENCH_SELECTION = "16x64x64 or step_pieces"
 CORRECTNESS_TESTS_CUDA_LIB = ["tests/test_cuda_aux_gpu.py"]
 DRY_RUN_TESTS = ["tests/kernels/test_ops.py::test_kernels_really_run_here",
                  "tests/kernels/test_aux_points.py::test_without_targets_writes_the_same_latents"]
-KERNEL_BENCHES = ["bench/test_kernels.py", "bench/test_cuda_aux.py"]
+KERNEL_BENCHES = ["bench/test_kernels.py", "bench/test_cuda_aux.py", "bench/test_step_pieces.py"]
 
 
 class OutOfTime(BaseException):  # not an Exception: a failing row's handler must not swallow it

@@ -53,7 +53,7 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 # (preset, resolution px, batch): CPU tiny at the demo's 64 px; GPU SD3.5-M at 512², B = 4 and 16.
 CONFIGS = [("sd35m", 512, 4), ("sd35m", 512, 16)] if CUDA else [("tiny", 64, 4)]
 MODES = step_modes(CUDA)
-ROUNDS = 10 if CUDA else 12
+ROUNDS = 10 if CUDA else 20
 WARMUP = 3 if CUDA else 1
 
 
