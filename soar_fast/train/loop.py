@@ -109,6 +109,7 @@ def fit(trainer: Trainer) -> str:
     d = trainer.dist
     window = Window()
     status = "done"
+    first_step = trainer.step + 1
     try:
         with GracefulStop() as stop:
             while trainer.step < max_steps:
@@ -128,6 +129,8 @@ def fit(trainer: Trainer) -> str:
                     window.add(result, lr)
                 trainer.step = step
                 bar.update(1)
+                if step == first_step and trainer.is_main:
+                    _log_attention_ran(trainer)
 
                 # Several ranks stop at the same step: they agree on a signal at log and checkpoint steps
                 # (one flag all-reduce where the loop syncs anyway), so a signal ends the run within
@@ -204,6 +207,13 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def _log_attention_ran(trainer: Trainer) -> None:
+    """The start-up report names the attention backend installed; after one step, say what ran."""
+    report = getattr(unwrap(trainer.model), "soar_accel_report", None)
+    if report is not None:
+        log.info("attention ran in the first step: %s", report.as_dict()["attention_ran"])
 
 
 def _nonfinite_message(step: int, out: str) -> str:
