@@ -28,10 +28,10 @@ import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.accel.flops import fast_work, reference_work, step_flops
-from soar_fast.accel.optim import build_optimizer
-from soar_fast.config import AccelConfig, ModelConfig, SoarConfig
+from soar_fast.config import AccelConfig, ModelConfig, OptimConfig, SoarConfig
 from soar_fast.models.transformer import build_transformer, preset_config, velocity_fn
 from soar_fast.soar import SigmaGrid, draw
+from soar_fast.train.optim import build_optimizer
 from soar_fast.train.step import StepFns, soar_step, step_options
 
 K = 6
@@ -125,8 +125,8 @@ class StepRunner:
                                device=device)
         self.report = self.model.soar_accel_report
         self.opts = step_options(self.accel, mixed_precision="bf16" if device.type == "cuda" else "no")
-        self.optimizer = build_optimizer(self.model.parameters(), self.accel.optimizer, lr=1e-6, weight_decay=1e-4,
-                                         device=device)
+        self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.model.parameters(),
+                                         state=self.accel.optimizer, device=device)
         self.grid = SigmaGrid().to(device)
         self.soar = SoarConfig(trajectory_length=K)
         self.inputs = inputs

@@ -2,7 +2,7 @@
 
 Precedence is CLI `--section.key=value` > the TOML file > these defaults. With no file at all
 the defaults are the embedded demo (tiny model, generated data, CPU-sized); the reference's
-values are kept wherever the reference has one (reference-notes §3, §7), and a field whose
+values are kept wherever the reference has one (docs/objective.md §9), and a field whose
 demo value differs from the reference says so. Loading, overrides and error reporting live in
 `config_io.py`; each component receives only its own section.
 """
@@ -134,7 +134,7 @@ class TrainConfig:
     seed: int = 42
     """Root seed; every random stream (timesteps, noise, aux fractions, data order) derives from it."""
     log_every: int = 10
-    """Read losses to the host and log every this many steps (the only host sync of the step)."""
+    """Read losses to the host and log every this many steps (steps in between never read them)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step."""
     mixed_precision: Literal["no", "bf16"] = "no"

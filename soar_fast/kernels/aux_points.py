@@ -1,4 +1,4 @@
-"""Fused CFG + rollout + re-noise + targets over every aux point (SPEC.md §1 step 4).
+"""Fused CFG + rollout + re-noise + targets over every aux point (docs/objective.md §3, step 4).
 
 One program owns (sample b, a block of C·H·W elements): it reads z_t0, v_u, v_c, z0, z1 once (plus
 its path noise), forms v_cfg, the ODE endpoint (path 0) and the `kind` endpoint of every stochastic
@@ -73,12 +73,27 @@ def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp
                       offs, mask, K, WRITE_TARGETS)
 
 
+def aux_outputs(z_t0: torch.Tensor, sigma_prime: torch.Tensor, out_dtype: torch.dtype | None,
+                with_targets: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (latents, targets) buffers every implementation fills: (N, C, H, W) with N = len(σ');
+    latents in `out_dtype or z_t0.dtype`, targets in `out_dtype or float32`. Without targets the
+    second buffer is a (0,) placeholder (a custom op returns tensors only)."""
+    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
+    latents = empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device)
+    if not with_targets:
+        return latents, _no_targets(latents)
+    return latents, empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+
+
+def _no_targets(latents: torch.Tensor) -> torch.Tensor:
+    return latents.new_empty((0,), dtype=torch.float32)
+
+
 def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                                path_noise, *, cfg_scale: float, kind: str, noise_scale: float,
                                sigma_hat_at_one: float, out_dtype=None, with_targets: bool = True):
     """Eager twin of `fused_aux_points` (float32 math; gathers rows with a host sync, fine on CPU)."""
     P = row_table.shape[1]
-    N = sigma_prime.shape[0]
     col = (-1,) + (1,) * (z_t0.dim() - 1)
     s0, s1 = sigma0.float().view(col), sigma1.float().view(col)
     z, z0f, z1f = z_t0.float(), z0.float(), z1.float()
@@ -93,11 +108,10 @@ def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
     sp = sigma_prime.float()[rows].view(col)
     alpha = ((sp - s1[b_idx]) * (1.0 / (1.0 - s1[b_idx]).clamp_min(1e-8))).clamp(0.0, 1.0)
     zp = (1.0 - alpha) * torch.stack(ends)[p_idx, b_idx] + alpha * z1f[b_idx]
-    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
     latents[rows] = zp.to(latents.dtype)
     if not with_targets:
         return latents, None
-    targets = empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device)
     targets[rows] = ((zp - z0f[b_idx]) * (1.0 / sp)).to(targets.dtype)
     return latents, targets
 
@@ -108,7 +122,7 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
                    row_table: torch.Tensor, path_noise: torch.Tensor | None, cfg_scale: float, kind: str,
                    noise_scale: float, sigma_hat_at_one: float, out_dtype: torch.dtype | None,
                    with_targets: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # Without targets the second output is a (0,) placeholder (a custom op returns tensors only).
+    # Without targets the second output is aux_outputs' (0,) placeholder.
     args = (z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise)
     opts = {"cfg_scale": cfg_scale, "kind": kind, "noise_scale": noise_scale,
             "sigma_hat_at_one": sigma_hat_at_one, "out_dtype": out_dtype, "with_targets": with_targets}
@@ -118,9 +132,7 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
         return latents, targets if with_targets else _no_targets(latents)
     B, P, K = row_table.shape
     chw = z_t0[0].numel()
-    latents = empty((N,) + tuple(z_t0.shape[1:]), dtype=out_dtype or z_t0.dtype, device=z_t0.device)
-    targets = (empty(latents.shape, dtype=out_dtype or torch.float32, device=z_t0.device) if with_targets
-               else _no_targets(latents))
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
     block = launch_block(chw)
     c = [t.contiguous() for t in (z_t0, v_uncond, v_cond, z0, z1)]
     noise = path_noise.contiguous() if P > 1 else c[0]  # dummy pointer when there is no stochastic path
@@ -131,17 +143,14 @@ def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Ten
     return latents, targets
 
 
-def _no_targets(latents: torch.Tensor) -> torch.Tensor:
-    return latents.new_empty((0,), dtype=torch.float32)
+def aux_points_fake(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale,
+                    kind, noise_scale, sigma_hat_at_one, out_dtype, with_targets=True):
+    """The fake (shapes and dtypes only, for torch.compile) of every aux-points op: this one and
+    the CUDA C++ twin's (`cuda_aux.py`, which always writes targets)."""
+    return aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
 
 
-@_aux_points_op.register_fake
-def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale, kind,
-      noise_scale, sigma_hat_at_one, out_dtype, with_targets):
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    latents = z_t0.new_empty(shape, dtype=out_dtype or z_t0.dtype)
-    return latents, (z_t0.new_empty(shape, dtype=out_dtype or torch.float32) if with_targets
-                     else _no_targets(latents))
+_aux_points_op.register_fake(aux_points_fake)
 
 
 def check_aux_shapes(who: str, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,

@@ -1,4 +1,4 @@
-"""Aux points: re-noise one rollout step's endpoint towards the same z1 and aim back at z0 (SPEC.md §1.4)."""
+"""Aux points: re-noise one rollout step's endpoint towards the same z1 and aim back at z0 (docs/objective.md §3, step 4)."""
 
 from __future__ import annotations
 

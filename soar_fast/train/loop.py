@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from soar_fast.atomic import save_folder_atomically
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
-from soar_fast.train.checkpoint import save_checkpoint, save_folder_atomically, save_transformer
+from soar_fast.train.checkpoint import save_checkpoint, save_transformer
 from soar_fast.train.metrics import MetricsLog
 from soar_fast.train.trainer import StepResult, Trainer
 
@@ -157,7 +158,7 @@ def fit(trainer: Trainer) -> str:
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
                 if is_save and last_saved != step:
                     if trainer.sharded_checkpoints:
-                        from soar_fast.parallel.resume import save_sharded_checkpoint
+                        from soar_fast.train.resume import save_sharded_checkpoint
 
                         saved = save_sharded_checkpoint(trainer, out, step, total_limit=cfg.checkpoint.total_limit)
                     else:
