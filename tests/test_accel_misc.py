@@ -42,6 +42,7 @@ def test_optimizer_choices():
     p = [torch.nn.Parameter(torch.randn(64, 64))]
     opt = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.1), p, state="adamw")
     assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.1
+    pytest.importorskip("torchao", reason="the low-bit optimizers need torchao (not in every GPU image)")
     from torchao.optim import AdamW8bit, AdamWFp8
 
     assert isinstance(build_optimizer(OptimConfig(lr=1e-3), p, state="adamw8bit"), AdamW8bit)
