@@ -1,4 +1,4 @@
-"""Fused aux points, CUDA C++ beside Triton: GB/s and % of measured HBM bandwidth (SPEC.md §4: ≥ 85%).
+"""Fused aux points, CUDA C++ beside Triton: GB/s and % of measured HBM bandwidth (the target: ≥ 85%).
 
 Each round replays a CUDA graph of REPS launches, so Python and ctypes overhead (tens of µs, more
 than a 16×64×64 launch takes on an H200) stays out of the kernel's number. Bytes counted are the

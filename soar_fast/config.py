@@ -2,7 +2,7 @@
 
 Precedence is CLI `--section.key=value` > the TOML file > these defaults. With no file at all
 the defaults are the embedded demo (tiny model, generated data, CPU-sized); the reference's
-values are kept wherever the reference has one (reference-notes §3, §7), and a field whose
+values are kept wherever the reference has one (docs/objective.md §9), and a field whose
 demo value differs from the reference says so. Loading, overrides and error reporting live in
 `config_io.py`; each component receives only its own section.
 
@@ -149,7 +149,7 @@ class TrainConfig:
     seed: int = ruled(42, at_least(0))
     """Root seed; every random stream (timesteps, noise, aux fractions, data order) derives from it."""
     log_every: int = ruled(10, at_least(1))
-    """Read losses to the host and log every this many steps (the only host sync of the step)."""
+    """Read losses to the host and log every this many steps (steps in between never read them)."""
     gradient_accumulation_steps: int = ruled(1, at_least(1))
     """Micro-batches per optimizer step."""
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -197,8 +197,9 @@ class AccelConfig:
     """Optimizer state precision (low-bit states from torchao)."""
     grad_checkpointing: Literal["none", "full", "selective"] = "none"
     """Activation checkpointing of transformer blocks."""
-    fused_kernels: bool = True
-    """Fused CFG + aux-points + loss kernels (Triton on CUDA; eager twins on CPU)."""
+    fused_kernels: bool | None = None
+    """Fused CFG + aux-points + loss kernels (Triton on CUDA; their eager twins on CPU). None = on with
+    CUDA, off on CPU, where the plain eager math is the faster exact path (the twins pay custom-op dispatch)."""
     aux_kernel: Literal["auto", "triton", "cuda", "eager"] = "auto"
     """Implementation of the fused aux-points kernel."""
 

@@ -6,7 +6,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from soar_fast.accel.flops import StepWork, fast_work, forward_flops, image_tokens, reference_work, step_flops
+from soar_fast.accel.flops import StepWork, fast_work, forward_flops, reference_work, step_flops
+from soar_fast.models.transformer import image_tokens
 from tests.test_accel_attention import TINY, inputs, tiny_model
 
 
@@ -16,7 +17,7 @@ def test_forward_matches_torch_flop_counter():
     # MATH: the CPU flash kernel has no FLOP formula in FlopCounterMode; the math path runs bmm.
     with torch.no_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         model(**x)
-    n_img = image_tokens(TINY, 8, 8)
+    n_img = image_tokens(TINY, (8, 8))
     assert n_img == 16
     assert forward_flops(TINY, n_img, 5).total * 2 == counter.get_total_flops()
 

@@ -9,7 +9,6 @@ import torch
 
 from soar_fast.accel import apply_accelerations, resolve_accel
 from soar_fast.accel.cuda_graphs import GraphedForward, apply_cuda_graphs
-from soar_fast.accel.optim import build_optimizer
 from soar_fast.accel.telemetry import GpuTelemetry, TelemetrySampler
 from soar_fast.config import AccelConfig
 from tests.test_accel_attention import inputs, tiny_model
@@ -37,15 +36,19 @@ def test_cuda_graph_replay_and_recapture():  # pragma: no cover - GPU only
 
 
 def test_optimizer_choices():
+    from soar_fast.config import OptimConfig
+    from soar_fast.train.optim import build_optimizer
+
     p = [torch.nn.Parameter(torch.randn(64, 64))]
-    opt = build_optimizer(p, "adamw", lr=1e-3, weight_decay=0.1)
+    opt = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.1), p, state="adamw")
     assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.1
+    pytest.importorskip("torchao", reason="the low-bit optimizers need torchao (not in every GPU image)")
     from torchao.optim import AdamW8bit, AdamWFp8
 
-    assert isinstance(build_optimizer(p, "adamw8bit", lr=1e-3), AdamW8bit)
-    assert isinstance(build_optimizer(p, "adamw_fp8", lr=1e-3), AdamWFp8)
+    assert isinstance(build_optimizer(OptimConfig(lr=1e-3), p, state="adamw8bit"), AdamW8bit)
+    assert isinstance(build_optimizer(OptimConfig(lr=1e-3), p, state="adamw_fp8"), AdamWFp8)
     with pytest.raises(ValueError, match="accel.optimizer"):
-        build_optimizer(p, "lion", lr=1e-3)
+        build_optimizer(OptimConfig(lr=1e-3), p, state="lion")
 
 
 def test_telemetry_absent_without_noise_on_cpu(capsys):
@@ -61,9 +64,15 @@ def test_telemetry_absent_without_noise_on_cpu(capsys):
 def test_resolve_auto_and_reference():
     fast = resolve_accel(dataclasses.replace(AccelConfig(), compile=None, cuda_graphs=None), "cpu")
     assert fast.compile is False and fast.cuda_graphs is False
+    # The elementwise work: plain eager on CPU (faster than the kernels' eager twins), kernels on CUDA;
+    # an explicit choice is kept.
+    assert resolve_accel(AccelConfig(), "cpu").fused_kernels is False
+    assert resolve_accel(AccelConfig(), "cuda").fused_kernels is True
+    assert resolve_accel(AccelConfig(fused_kernels=True), "cpu").fused_kernels is True
     ref = resolve_accel(AccelConfig(mode="reference"), "cpu")
-    assert (ref.rollout_reuse_cond, ref.batched_aux, ref.fused_kernels, ref.grad_checkpointing) == (
-        False, False, False, "full")
+    assert (ref.rollout_reuse_cond, ref.rollout_grad, ref.batched_aux, ref.fused_kernels, ref.grad_checkpointing,
+            ref.optimizer) == (False, True, False, False, "reference", "adamw")
+    assert resolve_accel(ref, "cpu") is ref  # resolving is done once; a resolved value passes through
 
 
 def test_apply_accelerations_cpu():

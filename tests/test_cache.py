@@ -74,9 +74,9 @@ def test_resume_and_rank_split(tiny_dir: Path, exact_jsonl: Path, tmp_path: Path
     from soar_fast.data.encoders import load_encoders
 
     cfg = _cfg(tmp_path / "run", exact_jsonl, tiny_dir, tmp_path / "cache")
-    result = scan_data(cfg, tmp_path / "run", progress=False)
+    result = scan_data(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=tmp_path / "run", progress=False)
     enc = load_encoders(cfg.model, cfg.data)
-    kw = {"report": report_of(cfg, result, 1), "shard_size": 3, "batch_size": 2, "progress": False}
+    kw = {"report": report_of(cfg.data, result, 1), "shard_size": 3, "batch_size": 2, "progress": False}
     r0 = write_cache(tmp_path / "cache", result, enc, rank=0, world=2, **kw)
     assert (r0.shards, r0.written) == (4, 2)
     with pytest.raises(DataError, match="cache incomplete, 2 of 4 shards missing"):
@@ -95,9 +95,13 @@ def test_resume_and_rank_split(tiny_dir: Path, exact_jsonl: Path, tmp_path: Path
     with pytest.raises(DataError, match="written for different encoders"):
         write_cache(tmp_path / "cache", result, load_encoders(other.model, other.data), **kw)
     with pytest.raises(DataError, match="max_sequence_length: cache 77, config 20"):
-        from soar_fast.data.source import build_source
+        _source(other)
 
-        build_source(other, device="cpu")
+
+def _source(cfg: Config):
+    from soar_fast.data.build import build_source
+
+    return build_source(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=cfg.run.output_dir)
 
 
 def _trainer_cfg(out: Path, jsonl: Path, model_dir: Path, cache: Path | None) -> Config:
@@ -156,7 +160,7 @@ def test_training_from_a_cache_builds_no_encoder(tiny_dir: Path, exact_jsonl: Pa
 
 
 def test_cli_acceptance(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 4: `data check` (skip → 15 kept / 3 skipped; error → names data.jsonl:4), then
+    """The bad-input acceptance set: `data check` (skip → 15 kept / 3 skipped; error → names data.jsonl:4), then
     `cache` and `train --data.cache` with the exported folder."""
     from soar_fast.cli import main
 
@@ -187,13 +191,11 @@ def test_cached_and_on_the_fly_sources_flip_the_same_samples(tiny_dir: Path, exa
     from itertools import islice
 
     from soar_fast.data.cache import main_cache
-    from soar_fast.data.source import build_source
-
     cached = _cfg(tmp_path / "a", exact_jsonl, tiny_dir, tmp_path / "cache", random_flip=True)
     assert main_cache(cached, None) == 0
     fly = _cfg(tmp_path / "b", exact_jsonl, tiny_dir, None, random_flip=True)
-    a = list(islice(iter(build_source(cached, device="cpu")), 8))
-    b = list(islice(iter(build_source(fly, device="cpu")), 8))
+    a = list(islice(iter(_source(cached)), 8))
+    b = list(islice(iter(_source(fly)), 8))
     assert [x.lines for x in a] == [y.lines for y in b]
     assert [x.flipped for x in a] == [y.flipped for y in b]
     assert any(any(x.flipped) for x in a) and not all(all(x.flipped) for x in a)

@@ -1,4 +1,4 @@
-"""The CUDA C++ aux-point kernel against a float64 evaluation of SPEC.md §1, the eager twin and Triton.
+"""The CUDA C++ aux-point kernel against a float64 evaluation of docs/objective.md §3, the eager twin and Triton.
 
 Targets are compared as σ'·target (= z' − z0, what the kernels actually round): the division by σ'
 (down to ~0.003 on the SD3 grid) multiplies a float32 ulp of z' by ~300, so every float32
@@ -59,7 +59,7 @@ def _step64(kind, z, v, eps, s0, s1, eta, s_hat_one):
 
 
 def reference64(args, kwargs):
-    """SPEC.md §1 step 4 in float64, row by row from row_table: (latents, targets) (N,C,H,W)."""
+    """docs/objective.md §3 step 4 in float64, row by row from row_table: (latents, targets) (N,C,H,W)."""
     z, vu, vc, z0, z1, sigma0, sigma1, sigma_prime, row_table, noise = (
         None if t is None else t.cpu().double() for t in args)
     col = (-1, 1, 1, 1)

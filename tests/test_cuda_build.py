@@ -1,6 +1,6 @@
 """The CUDA C++ library without a GPU: it builds with cmake + nvcc, ctypes loads it (the CUDA runtime
 is linked statically), the loader reports it, and the kernel's per-vector body, run on the host through
-`soar_fused_aux_points_host`, matches SPEC.md §1 in float64 and the eager twin. `kernels` is imported
+`soar_fused_aux_points_host`, matches docs/objective.md §3 in float64 and the eager twin. `kernels` is imported
 inside the tests so that tests/kernels/conftest.py can still set TRITON_INTERPRET first.
 """
 

@@ -1,6 +1,6 @@
 """Generated reference-format data sets for the data tests (helpers, plus a check of the helpers).
 
-`write_acceptance_set` is issue 4's acceptance set: 18 lines = 16 image rows in two buckets (one
+`write_acceptance_set` is the bad-input acceptance set: 18 lines = 16 image rows in two buckets (one
 JPEG truncated), one row whose image is missing, one malformed line at line 4; one good row has a
 JSON-object caption.
 """

@@ -1,4 +1,4 @@
-"""Bucket sampler invariants (reference-notes §2.3 with the §8.2 sharding bug fixed)."""
+"""Bucket sampler invariants (docs/data.md, "Batches, shards, order": disjoint shards)."""
 
 from __future__ import annotations
 

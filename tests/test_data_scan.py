@@ -1,4 +1,4 @@
-"""Reading the reference JSONL and reporting bad inputs (reference-notes §2.1; issue 4 bad-input policy)."""
+"""Reading the reference JSONL and reporting bad inputs (docs/data.md, "Format" and "Bad inputs")."""
 
 from __future__ import annotations
 

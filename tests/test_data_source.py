@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from soar_fast.config import Config
-from soar_fast.data.source import TrainBatch, TrainSource, build_source
+from soar_fast.data.build import build_source as build_from_sections
+from soar_fast.data.source import TrainBatch, TrainSource
 from tests.test_data_fixtures import write_clean_set
 
 
@@ -22,6 +23,10 @@ def _cfg(out: Path, jsonl: Path | None = None, **data: object) -> Config:
     for key, value in data.items():
         setattr(cfg.data, key, value)
     return cfg
+
+
+def build_source(cfg: Config, **kw: object) -> TrainSource:
+    return build_from_sections(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=cfg.run.output_dir, **kw)
 
 
 def _key(batch: TrainBatch) -> tuple:

@@ -1,4 +1,4 @@
-"""The per-sample transform (reference-notes §2.2): cover resize (Lanczos), crop along the long axis,
+"""The per-sample transform (docs/data.md, "Format"): cover resize (Lanczos), crop along the long axis,
 flip, [-1, 1]."""
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _forward_backward(model, batch: dict, draws: SoarDraws, d: Dist, scale: float = 1.0):
-    """The step's forwards and backward in SPEC.md §2's order with the global normalisation."""
+    """The step's forwards and backward in docs/objective.md §3's order with the global normalisation."""
     grid = SigmaGrid()
     z0, embeds, pooled = batch["z0"], batch["embeds"], batch["pooled"]
     n = z0.shape[0]

@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 import torch
 
-from soar_fast.accel import apply_accel
+from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.config import AccelConfig, SoarConfig
 from soar_fast.config_io import ConfigError
 from soar_fast.models.transformer import PRESETS, velocity_fn
@@ -36,7 +36,6 @@ SINGLE = {
     "rollout_reuse_cond": {"rollout_reuse_cond": True},
     "batched_aux": {"batched_aux": True},
     "aux_chunk": {"batched_aux": True, "aux_chunk": 4},
-    "attention_auto": {"attention": "auto"},
     "ckpt_full": {"grad_checkpointing": "full"},
     "ckpt_selective": {"grad_checkpointing": "selective"},
     "fused_kernels": {"fused_kernels": True, "aux_kernel": "auto"},
@@ -83,12 +82,13 @@ def fast(model, accel: AccelConfig, paths: int, world: int = 1):
     # `world` identical ranks: global counts are this rank's times W (device tensors, as all-reduced),
     # and loss_scale = W undoes DDP's gradient averaging, so the gradient is the one-process gradient.
     counts = (lambda m, a: (torch.as_tensor(m) * world, torch.as_tensor(a) * world)) if world > 1 else None
-    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(accel),
+    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(resolve_accel(accel, "cpu")),
                       loss_scale=float(world), global_counts=counts)
     return parts.loss * world, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> None:
+def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> torch.nn.Module:
+    """The fast step against the oracle; returns the accelerated model."""
     base = tiny_model()
     model = copy.deepcopy(base)
     loss_ref, grads_ref = oracle(base, paths)
@@ -97,11 +97,29 @@ def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> None:
     assert grads.keys() == grads_ref.keys()
     for name, g in grads_ref.items():
         torch.testing.assert_close(grads[name], g, rtol=STEP_GRAD[0], atol=STEP_GRAD[1], msg=name)
+    return model
 
 
 @pytest.mark.parametrize("name", list(SINGLE))
 def test_single_switch(name):
     check(dataclasses.replace(ALL_OFF, **SINGLE[name]))
+
+
+def test_attention_auto_processor(monkeypatch):
+    # On a CPU `auto` is diffusers' own SDPA processor, the all-off run again. On sm_90 without FA3 it
+    # installs this project's processor with cuDNN first and torch's order after it: that processor
+    # (its [B, S, H, D] layout, qk-norms, joint split), with the SDPA backends a CPU has, is checked here.
+    from torch.nn.attention import SDPBackend
+
+    from soar_fast.accel import attention
+
+    gpu_auto = attention.AttentionBackend("sdpa_cudnn", sdpa_backends=(
+        SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH))
+    monkeypatch.setattr(attention, "resolve_attention", lambda choice, device, compiling=False: gpu_auto)
+    model = check(dataclasses.replace(ALL_OFF, attention="auto"))
+    processors = set(map(type, model.attn_processors.values()))
+    assert processors == {attention.SoarJointAttnProcessor}
+    assert model.soar_accel_report.attention == "sdpa_cudnn"
 
 
 @pytest.mark.parametrize("paths", [1, 2])
@@ -134,10 +152,11 @@ def test_fuse_main_with_other_switches_and_global_counts(aux_chunk):
 ])
 def test_fuse_main_config_errors(changes, other_key):
     with pytest.raises(ConfigError, match="accel.fuse_main_into_aux") as err:
-        step_options(AccelConfig(fuse_main_into_aux=True, **changes))
+        resolve_accel(AccelConfig(fuse_main_into_aux=True, **changes), "cpu")
     assert other_key in str(err.value)
     # The reference baseline ignores every switch, this one too.
-    assert not step_options(AccelConfig(mode="reference", fuse_main_into_aux=True, **changes)).fuse_main
+    ref = resolve_accel(AccelConfig(mode="reference", fuse_main_into_aux=True, **changes), "cpu")
+    assert not step_options(ref).fuse_main
 
 
 def test_reference_mode():
@@ -161,3 +180,30 @@ def test_compile_switch(monkeypatch):
 def test_compile_switch_inductor():
     torch._dynamo.reset()
     check(dataclasses.replace(ALL_OFF, **ALL_CPU, compile=True))
+
+
+@pytest.mark.parametrize("aux_kernel", ["auto", "eager"])
+def test_fused_aux_loss_recomputes_targets_from_latents(aux_kernel, monkeypatch):
+    # With the fused kernels the aux kernel writes no targets and the loss recomputes them from the
+    # float32 latents (kernels/flow_loss.py): same loss and gradients as the eager objective.
+    import soar_fast.kernels.flow_loss as flow_loss_mod
+
+    calls = []
+    real = flow_loss_mod.flow_loss_from_latents
+
+    def counted(pred, latents, *args, **kwargs):
+        calls.append(pred.shape[0])
+        return real(pred, latents, *args, **kwargs)
+
+    monkeypatch.setattr(flow_loss_mod, "flow_loss_from_latents", counted)
+    accel = dataclasses.replace(ALL_OFF, batched_aux=True, aux_chunk=5, fused_kernels=True, aux_kernel=aux_kernel)
+    check(accel, paths=2)
+    # Every aux row went through the recomputed-target loss, chunk by chunk (P = 2: 12 + up to 12 rows).
+    assert len(calls) >= 3 and 12 < sum(calls) <= 24
+
+    forward = velocity_fn(tiny_model())
+    fns = apply_accel(tiny_model(), StepFns(forward=forward, rollout_forward=forward), accel, device="cpu")
+    z0, _, _, _, _, draws = batch(2)
+    v = torch.zeros_like(z0)
+    pts = fns.cfg_aux(z0, v, v, z0, draws, SigmaGrid(), soar_cfg(2))
+    assert pts.targets is None and pts.latents.dtype == torch.float32

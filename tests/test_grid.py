@@ -74,7 +74,7 @@ def test_t_of_edges():
 
 
 def test_round_trip_reproduces_reference_float32_quirk():
-    # reference-notes §3.2: σ_j → t → index gives j − 1 for exactly 165 of the 1000 grid indices.
+    # docs/objective.md §2: σ_j → t → index gives j − 1 for exactly 165 of the 1000 grid indices.
     grid = SigmaGrid()
     j = torch.arange(1000)
     back = grid.index_of_t(grid.t_of(grid.sigmas))

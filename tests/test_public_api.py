@@ -1,4 +1,4 @@
-"""The public contract of SPEC.md §1, called exactly as written there: every kind, P ∈ {1,2,3}, K ∈ {1..6}."""
+"""The public contract of docs/objective.md §6, called exactly as written there: every kind, P ∈ {1,2,3}, K ∈ {1..6}."""
 
 import inspect
 

@@ -40,7 +40,7 @@ def inputs(seed):
 
 
 def hand_step(model, z0, emb, pooled, null_emb, null_pooled, draws, lam, scheme, grid):
-    """SPEC.md §1 written out per sample and per point in float64 (continuous timesteps, `sde` paths)."""
+    """docs/objective.md §3 written out per sample and per point in float64 (continuous timesteps, `sde` paths)."""
     params = [q.detach().double().requires_grad_() for q in (model.w, model.u, model.me, model.mp)]
 
     def f(x, tau, e, p):

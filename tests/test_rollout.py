@@ -1,4 +1,4 @@
-"""rollout_step and cfg_combine against a float64 re-derivation of SPEC.md §1's formulas."""
+"""rollout_step and cfg_combine against a float64 re-derivation of docs/objective.md §4's formulas."""
 
 import math
 
@@ -13,7 +13,7 @@ SHAPE = (5, 3, 6, 7)
 
 
 def rollout_f64(z, v, s0, s1, kind, eta, eps, sigma_hat_at_one):
-    """SPEC.md §1 'Rollout step kinds', written out independently in float64."""
+    """docs/objective.md §4, written out independently in float64."""
     z, v, eps = z.double(), v.double(), eps.double()
     s0 = s0.double().view(-1, 1, 1, 1)
     s1 = s1.double().view(-1, 1, 1, 1)
@@ -69,7 +69,7 @@ def test_flow_sde_at_sigma_one_uses_second_grid_value():
     s0 = torch.ones_like(s0)
     out = rollout_step(z, v, s0, s1, "flow_sde", noise_scale=0.5, noise=eps)  # default grid: N=1000, shift 3
     std = 0.5 * math.sqrt(1 / (1 - grid.sigma_hat_at_one))
-    assert 26 < std < 28                                                        # reference-notes §3.5: s = 27
+    assert 26 < std < 28                                                        # docs/objective.md §4: 27 at σ = 1
     assert_close(out, rollout_f64(z, v, s0, s1, "flow_sde", 0.5, eps, grid.sigma_hat_at_one))
     other = SigmaGrid(shift=1.0)
     out_other = rollout_step(z, v, s0, s1, "flow_sde", noise_scale=0.5, noise=eps, grid=other)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from soar_fast.kernels.cfg_rollout import cfg_rollout
 from soar_fast.config import EvalConfig, ModelConfig
 from soar_fast.eval.pipeline import load_pipeline
 from soar_fast.eval.sampler import FlowSampler, initial_noise, sampling_schedule
+from soar_fast.kernels.cfg_rollout import cfg_rollout
 from tests.tolerances import assert_close
 
 SD35_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}

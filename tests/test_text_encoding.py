@@ -1,4 +1,4 @@
-"""SD3 text encoding (reference-notes §1.2) against diffusers' own `StableDiffusion3Pipeline.encode_prompt`."""
+"""SD3 text encoding (docs/data.md) against diffusers' own `StableDiffusion3Pipeline.encode_prompt`."""
 
 from __future__ import annotations
 

@@ -66,10 +66,15 @@ def test_step_matches_reference_loss(opts, paths):
 
 
 def test_step_options_from_accel():
-    assert step_options(AccelConfig(mode="reference")) == StepOptions(reuse_cond=False, rollout_grad=True,
-                                                                      serial_aux=True)
-    assert step_options(AccelConfig(batched_aux=False, aux_chunk=8)).serial_aux
-    assert step_options(AccelConfig(), mixed_precision="bf16").autocast_dtype == torch.bfloat16
+    from soar_fast.accel import resolve_accel
+
+    def opts(accel: AccelConfig, **kw) -> StepOptions:
+        return step_options(resolve_accel(accel, "cpu"), **kw)
+
+    assert opts(AccelConfig(mode="reference", aux_chunk=4)) == StepOptions(reuse_cond=False, rollout_grad=True,
+                                                                           serial_aux=True)
+    assert opts(AccelConfig(batched_aux=False, aux_chunk=8)).serial_aux
+    assert opts(AccelConfig(), mixed_precision="bf16").autocast_dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind, expect", [

@@ -1,40 +1,43 @@
 """Accelerations of the SOAR step, one `[accel]` switch each, applied in one fixed order.
 
-`apply_accelerations(transformer, accel, device)` runs, like torchtitan's model assembly:
+`resolve_accel(accel, device)` (`resolve.py`) decides every switch once, `accel.mode` included; the
+functions below take the resolved switches (or resolve an `AccelConfig` themselves, for tests).
+
+`apply_accelerations(transformer, accel, device)` applies the module switches, like torchtitan's
+model assembly:
 
     attention backend  →  float8 Linear swap  →  activation checkpointing  →  per-block compile
 
 float8 before checkpointing and compile so both see the final Linear modules; checkpointing
 before compile so each compiled block contains its checkpoint (selective policies work inside
-the graph). The switches that live in the step rather than on the module — `rollout_reuse_cond`,
-`batched_aux`/`aux_chunk`, `fuse_main_into_aux`, `fused_kernels`, `cuda_graphs` (wraps the
-rollout forward) — are read by `soar_fast.train.step`; `optimizer` by `build_optimizer`.
-
-`apply_accel(model, fns, accel, device=)` is the trainer's entry point: the module switches above,
-then the step pieces — fused CFG/aux-point and loss kernels (`accel.fused_kernels`) and the
-CUDA-graphed rollout forward (`accel.cuda_graphs`) — swapped into `StepFns`.
-
-`accel.mode = "reference"` applies only the reference's own setting (diffusers' full gradient
-checkpointing, default SDPA, eager step pieces) and nothing else, whatever the other switches say.
+the graph). `accelerate_step_fns` swaps the step pieces into `StepFns`: fused CFG/aux-point and loss
+kernels (`accel.fused_kernels`) and the CUDA-graphed rollout forward (`accel.cuda_graphs`).
+`apply_accel(model, fns, accel, device=)`, the trainer's entry point, does both. The switches that
+shape the step itself — `rollout_reuse_cond`, `batched_aux`/`aux_chunk`, `fuse_main_into_aux` — become
+`StepOptions` in `soar_fast.train.step.step_options`; `optimizer` is read by
+`soar_fast.train.optim.build_optimizer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from .attention import apply_attention, resolve_attention
+from soar_fast.config import AccelConfig
+
+from .attention import apply_attention, attention_calls, resolve_attention
 from .checkpointing import apply_checkpointing, reference_checkpointing
 from .compile import apply_compile
 from .cuda_graphs import GraphedForward, apply_cuda_graphs
 from .float8 import apply_float8
 from .flops import ForwardFlops, StepWork, forward_flops, step_flops
-from .fused import fused_cfg_aux_fn, fused_step_pieces
-from .optim import build_optimizer
+from .fused import fused_cfg_aux_fn, fused_step_pieces, kernel_name
+from .resolve import ResolvedAccel, check_switches, resolve_accel
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ __all__ = [
     "AccelReport",
     "ForwardFlops",
     "GraphedForward",
+    "ResolvedAccel",
     "StepWork",
     "accelerate_step_fns",
     "apply_accel",
@@ -51,7 +55,8 @@ __all__ = [
     "apply_compile",
     "apply_cuda_graphs",
     "apply_float8",
-    "build_optimizer",
+    "attention_calls",
+    "check_switches",
     "forward_flops",
     "fused_cfg_aux_fn",
     "reference_checkpointing",
@@ -61,29 +66,13 @@ __all__ = [
 ]
 
 
-def resolve_accel(accel: Any, device: torch.device | str) -> Any:
-    """`accel` with hardware-dependent defaults decided for `device` (a copy; the input is untouched).
-
-    `compile` and `cuda_graphs` left at None mean "on where the hardware supports it": on for CUDA,
-    off on CPU (compiling the tiny CPU model costs more than the demo run). `reference` mode turns
-    every step-level switch off.
-    """
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-    changes: dict[str, Any] = {}
-    for name in ("compile", "cuda_graphs"):
-        if getattr(accel, name, None) is None:
-            changes[name] = on_cuda
-    if accel.mode == "reference":
-        changes.update(rollout_reuse_cond=False, batched_aux=False, fuse_main_into_aux=False, compile=False,
-                       cuda_graphs=False, float8=False, fused_kernels=False, grad_checkpointing="full",
-                       attention="sdpa", optimizer="adamw")
-    return replace(accel, **changes) if changes else accel
-
-
 @dataclass
 class AccelReport:
-    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`)."""
+    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`).
+
+    `attention` is the backend installed; `attention_ran` (in `as_dict`) is what the attention calls
+    so far actually ran, counted per call, read when asked (after a step it names the kernel and dtype).
+    """
 
     mode: str
     attention: str
@@ -99,69 +88,70 @@ class AccelReport:
     aux_kernel: str
     optimizer: str
     device: str = "cpu"
+    attention_ran: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "attention_ran"}
+        out["attention_ran"] = self.attention_ran() if self.attention_ran is not None else "not counted"
+        return out
 
     def summary(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
 
 
-def apply_accelerations(transformer: torch.nn.Module, accel: Any, device: torch.device | str,
-                        *, aux_kernel_name: str | None = None, float8_all_gather: bool = False) -> AccelReport:
-    """Apply the module-level switches of `accel` (an `AccelConfig`) to `transformer` in place.
+def apply_accelerations(transformer: torch.nn.Module, accel: AccelConfig | ResolvedAccel,
+                        device: torch.device | str, *, aux_kernel_name: str | None = None,
+                        float8_all_gather: bool = False) -> AccelReport:
+    """Apply the module-level switches of `accel` to `transformer` in place.
 
     Call once, after the model is on `device` and in its training dtype, before building the
     optimizer (float8 swaps Linear modules but keeps their parameters).
     """
     device = torch.device(device)
     accel = resolve_accel(accel, device)
-    if accel.mode == "reference":
-        attention = "sdpa (reference)"
-        f8 = "off"
-        ckpt = reference_checkpointing(transformer)
-        compiled = "off"
-    else:
-        attention = apply_attention(transformer, accel.attention, device, compiling=bool(accel.compile))
-        f8 = (apply_float8(transformer, accel.float8_recipe, device, fsdp_float8_all_gather=float8_all_gather)
-              if accel.float8 else "off")
-        ckpt = apply_checkpointing(transformer, accel.grad_checkpointing)
-        fullgraph = "untraceable" not in attention
-        compiled = apply_compile(transformer, fullgraph=fullgraph) if accel.compile else "off"
+    attention = apply_attention(transformer, accel.attention, device, compiling=accel.compile)
+    f8 = (apply_float8(transformer, accel.float8_recipe, device, fsdp_float8_all_gather=float8_all_gather)
+          if accel.float8 else "off")
+    ckpt = apply_checkpointing(transformer, accel.grad_checkpointing)
+    fullgraph = "untraceable" not in attention
+    compiled = apply_compile(transformer, fullgraph=fullgraph) if accel.compile else "off"
     report = AccelReport(
         mode=accel.mode, attention=attention, float8=f8, checkpointing=ckpt, compile=compiled,
-        cuda_graphs=bool(accel.cuda_graphs and device.type == "cuda"),
+        cuda_graphs=accel.cuda_graphs,
         rollout_reuse_cond=accel.rollout_reuse_cond, batched_aux=accel.batched_aux, aux_chunk=accel.aux_chunk,
         fuse_main_into_aux=accel.fuse_main_into_aux, fused_kernels=accel.fused_kernels,
         aux_kernel=(aux_kernel_name or accel.aux_kernel) if accel.fused_kernels else "off",
-        optimizer=accel.optimizer, device=str(device))
+        optimizer=accel.optimizer, device=str(device), attention_ran=lambda: attention_calls(transformer))
     log.info("accelerations: %s", report.summary())
     return report
 
 
-def accelerate_step_fns(fns: Any, accel: Any, device: torch.device | str) -> tuple[Any, str]:
+def accelerate_step_fns(fns: Any, accel: AccelConfig | ResolvedAccel,
+                        device: torch.device | str) -> tuple[Any, str]:
     """`fns` (a `StepFns`) with the step-level switches applied; returns (fns, aux kernel name)."""
     device = torch.device(device)
     accel = resolve_accel(accel, device)
     changes: dict[str, Any] = {}
-    kernel_name = "off"
+    kernel = "off"
     if accel.fused_kernels:
-        changes["cfg_aux"], changes["flow_loss"], kernel_name = fused_step_pieces(accel.aux_kernel, device)
-    if accel.cuda_graphs and device.type == "cuda":
+        changes.update(fused_step_pieces(accel.aux_kernel, device))
+        kernel = kernel_name(accel.aux_kernel, device)
+    if accel.cuda_graphs:
         changes["rollout_forward"], _ = apply_cuda_graphs(fns.rollout_forward, device)
-    return (dataclasses.replace(fns, **changes) if changes else fns), kernel_name
+    return (dataclasses.replace(fns, **changes) if changes else fns), kernel
 
 
-def apply_accel(model: torch.nn.Module, fns: Any, accel: Any, *, device: torch.device | str,
-                float8_all_gather: bool = False) -> Any:
+def apply_accel(model: torch.nn.Module, fns: Any, accel: AccelConfig | ResolvedAccel, *,
+                device: torch.device | str, float8_all_gather: bool = False) -> Any:
     """The trainer's hook: accelerate `model` in place and return the accelerated `StepFns`.
 
     `float8_all_gather`: the model will be FSDP2-sharded and should all-gather float8 weights
     (decided by the caller, which knows the parallel strategy). The report of what is on is logged
     and kept on the model as `soar_accel_report`.
     """
-    fns, kernel_name = accelerate_step_fns(fns, accel, device)
-    report = apply_accelerations(model, accel, device, aux_kernel_name=kernel_name,
+    accel = resolve_accel(accel, device)
+    fns, aux_name = accelerate_step_fns(fns, accel, device)
+    report = apply_accelerations(model, accel, device, aux_kernel_name=aux_name,
                                  float8_all_gather=float8_all_gather)
     # Not a parameter or buffer: invisible to state dicts and checkpoints.
     object.__setattr__(model, "soar_accel_report", report)

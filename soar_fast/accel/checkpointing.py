@@ -13,8 +13,8 @@ untouched) and runs only when autograd is recording, so the no-grad rollout forw
 Applied before `apply_compile`, so the compiled region contains the checkpoint (dynamo traces it
 as a higher-order op and honours the selective policy).
 
-`reference_checkpointing` is the reference's exact setting: diffusers' own
-`enable_gradient_checkpointing()` (non-reentrant, per block).
+- `reference` (chosen by `accel.mode = "reference"`, not a config value): the reference's exact
+  setting, diffusers' own `enable_gradient_checkpointing()` (non-reentrant, per block).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-CheckpointingChoice = Literal["none", "full", "selective"]
+CheckpointingChoice = Literal["none", "full", "selective", "reference"]
 
 
 def _save_list() -> set:
@@ -62,6 +62,8 @@ def apply_checkpointing(transformer: torch.nn.Module, choice: CheckpointingChoic
     """Checkpoint every block of `transformer.transformer_blocks` per `choice`; return a description."""
     if choice == "none":
         return "none"
+    if choice == "reference":
+        return reference_checkpointing(transformer)
     if choice not in ("full", "selective"):
         raise ValueError(f"accel.grad_checkpointing must be none, full or selective; got {choice!r}")
     blocks = transformer.transformer_blocks

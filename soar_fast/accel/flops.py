@@ -32,11 +32,6 @@ def _cfg(config: Any) -> Mapping[str, Any]:
     return config if isinstance(config, Mapping) else dict(config)
 
 
-def image_tokens(config: Any, latent_height: int, latent_width: int) -> int:
-    p = _cfg(config)["patch_size"]
-    return (latent_height // p) * (latent_width // p)
-
-
 @dataclass(frozen=True)
 class ForwardFlops:
     """FLOPs of one sample's forward: `blocks` (the transformer blocks) + `other` (embedders, head)."""

@@ -1,4 +1,4 @@
-"""`accel.optimizer`: AdamW with full-precision or torchao low-bit states.
+"""`accel.optimizer`: AdamW with full-precision or torchao low-bit states (built by `train/optim.py`).
 
 - `adamw`: `torch.optim.AdamW` (fp32 states, 8 B/param); `fused=True` on CUDA (one kernel for all
   parameters), the default foreach implementation elsewhere.
@@ -12,7 +12,6 @@ are off by default and never used by the equivalence tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -20,18 +19,12 @@ import torch
 OptimizerChoice = Literal["adamw", "adamw8bit", "adamw_fp8"]
 
 
-def build_optimizer(params: Iterable, choice: OptimizerChoice, *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8, weight_decay: float = 0.0,
-                    device: torch.device | str = "cpu") -> torch.optim.Optimizer:
-    """The optimizer for `accel.optimizer = choice` with the `[optim]` hyper-parameters."""
-    device = torch.device(device)
-    kwargs = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-    if choice == "adamw":
-        return torch.optim.AdamW(params, fused=device.type == "cuda" or None, **kwargs)
+def low_bit_adamw(choice: str) -> type[torch.optim.Optimizer]:
+    """The torchao optimizer class of `accel.optimizer = choice` (`adamw8bit` or `adamw_fp8`);
+    `soar_fast.train.optim.build_optimizer` builds it with the `[optim]` hyper-parameters."""
     if choice in ("adamw8bit", "adamw_fp8"):
         # Imported here: torchao's import costs ~2 s and prints native-extension warnings on CPU.
         from torchao.optim import AdamW8bit, AdamWFp8
 
-        cls = AdamW8bit if choice == "adamw8bit" else AdamWFp8
-        return cls(params, **kwargs)
+        return AdamW8bit if choice == "adamw8bit" else AdamWFp8
     raise ValueError(f"accel.optimizer must be adamw, adamw8bit or adamw_fp8; got {choice!r}")

@@ -35,8 +35,9 @@ def main_cache(cfg: Config, args: Any = None) -> int:
     rank, world = world_of(args)
     output_dir = Path(cfg.run.output_dir)
     # A bad input raises DataError, which the CLI prints as one line (exit 1).
-    result = scan_data(cfg, output_dir, progress=rank == 0 and sys.stderr.isatty())
-    report = report_of(cfg, result, 1)
+    result = scan_data(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=output_dir,
+                       progress=rank == 0 and sys.stderr.isatty())
+    report = report_of(cfg.data, result, 1)
     if rank == 0:
         write_report(report, output_dir)
         print(summary(report))

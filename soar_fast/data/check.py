@@ -30,8 +30,9 @@ def main_check(cfg: Config, args: Any = None) -> int:
     check_model_folder(cfg.model.path, encodes=False)  # bucket sides follow the model's patch and VAE
     output_dir = Path(cfg.run.output_dir)
     _, world = world_of(args)
-    result = scan_data(cfg, output_dir, progress=sys.stderr.isatty())  # DataError: the CLI prints one line
-    report = report_of(cfg, result, world)
+    # DataError: the CLI prints one line.
+    result = scan_data(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=output_dir, progress=sys.stderr.isatty())
+    report = report_of(cfg.data, result, world)
     path = write_report(report, output_dir)
     print(summary(report))
     print(f"report: {path}")

@@ -1,4 +1,4 @@
-"""Reading the reference JSONL (reference-notes §2.1): one `Record` per usable line, a `Skipped`
+"""Reading the reference JSONL (docs/data.md, "Format"): one `Record` per usable line, a `Skipped`
 entry for every line that is not."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bucket batch sampler, with the reference's sharding bug fixed (reference-notes §2.3, §8.2).
+"""The bucket batch sampler, with the reference's sharding bug fixed (docs/data.md, "Batches, shards, order").
 
 Per epoch, one generator seeded by (seed, epoch) — identical on every rank — permutes each bucket;
 rank r takes the r-th of `world` equal contiguous slices (disjoint shards, the remainder rotates out

@@ -1,4 +1,4 @@
-"""The data → trainer seam: `TrainBatch`, the `TrainSource` protocol and `build_source`.
+"""The data → trainer seam: `TrainBatch` and the `TrainSource` protocol (`build.py` builds one).
 
 The trainer never sees images, captions or encoders: it iterates already-encoded batches and draws
 `z0 = latent_mean + latent_std·ε` from its own generator (the reference samples the VAE posterior
@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-
-if TYPE_CHECKING:
-    from soar_fast.config import Config
 
 
 @dataclass
@@ -24,7 +20,7 @@ class TrainBatch:
 
     latent_mean: [B, C, h, w] float32, VAE posterior mean with shift and scaling applied.
     latent_std: [B, C, h, w] float32 posterior std (scaled), or None for a deterministic encoder.
-    prompt_embeds: [B, 77 + S, D] (CLIP-L ‖ CLIP-G zero-padded to D, then T5; reference-notes §1.2).
+    prompt_embeds: [B, 77 + S, D] (CLIP-L ‖ CLIP-G zero-padded to D, then T5; docs/data.md).
     pooled: [B, P] projected CLIP-L ‖ CLIP-G pooled outputs.
     lines: JSONL line number of each sample (provenance for logs and tests).
     flipped: whether each sample is the horizontally flipped image.
@@ -87,21 +83,3 @@ class SourceInfo:
     total: int = 0
     kept: int = 0
     buckets: dict[str, int] = field(default_factory=dict)
-
-
-def build_source(cfg: Config, *, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, output_dir: str | Path | None = None) -> TrainSource:
-    """The training data of `cfg` for process `rank` of `world`, batches on `device`.
-
-    - `data.cache` set: read the cache written by `soar-fast cache`; no encoder is ever built.
-    - `data.jsonl` set: scan it (bad inputs per `data.on_bad_sample`, report in
-      `<output_dir>/data_report.json`) and encode each batch with the encoders of `model.path`
-      (tiny ones matching the preset when no path is set).
-    - neither: generate the demo set under `<output_dir>/demo-data/`, cache it there once, train from
-      that cache.
-    `dtype` is the dtype of the embeddings handed out; latents are always float32.
-    Raises `soar_fast.data.errors.DataError` (one line, naming file:line or the image) on bad input.
-    """
-    from soar_fast.data.build import build_source as _build
-    return _build(cfg, rank=rank, world=world, device=torch.device(device), dtype=dtype,
-                  output_dir=Path(output_dir if output_dir is not None else cfg.run.output_dir))

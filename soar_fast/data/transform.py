@@ -1,4 +1,4 @@
-"""The per-sample transform (reference-notes §2.2): resize to cover with Lanczos, crop along the long
+"""The per-sample transform (docs/data.md, "Format"): resize to cover with Lanczos, crop along the long
 axis, optional horizontal flip, scale to [-1, 1]."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ transformer, the sampler, and the encode → sample → decode path shared by `s
 
 The base comes from `model.path` (a local SD3 diffusers folder) or, without one, the preset with the
 demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/` folder) replaces the
-base transformer: what the reference evaluation cannot load (reference-notes §8.1).
+base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reference evaluation prompt files (reference-notes §5.3, shared/eval-prompts/README.md).
+"""The reference evaluation prompt files (docs/eval.md, "Prompt sets").
 
 One `PromptRow` per row of the file; `eval.limit` counts rows, and a row's index is its position in
 the file, so seeds, image names and the partition over ranks never depend on the limit or world size.

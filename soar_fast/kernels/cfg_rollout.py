@@ -1,4 +1,4 @@
-"""Fused CFG combine + one rollout step (SPEC.md §1 "Rollout step kinds").
+"""Fused CFG combine + one rollout step (docs/objective.md §4).
 
 `z' = step(z, v_u + w·(v_c − v_u), σ0, σ1)` in one pass: three reads, one write (two with
 `return_v_cfg`), float32 math whatever the storage dtype. The evaluation sampler calls it with

@@ -3,7 +3,9 @@
 Build the library once from the repository root with `cmake -B build && cmake --build build`
 (docs/cuda.md); `pip install` never needs CUDA. The library is looked up, on first use, at
 `$SOAR_FAST_CUDA_LIB` (a file or a folder; when set, nothing else is tried, so a wrong value is
-reported rather than silently replaced by another build), then `<repo>/build/`, then next to this file.
+reported rather than silently replaced by another build), else in CMake's output folder
+`<repo>/build/` when the package runs from its checkout, then next to this file; the error names
+every place it looked.
 
 `cuda_fused_aux_points` has `fused_aux_points`'s signature and semantics (soar_fast/kernels/aux_points.py).
 Its fast path takes the five big inputs in one dtype, float32 or bfloat16; a mix of the two is
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from soar_fast.kernels.aux_points import check_aux_shapes
-from soar_fast.kernels.dispatch import LIB, empty, kind_code
+from soar_fast.checkout import source_checkout
+from soar_fast.kernels.aux_points import aux_outputs, aux_points_fake, check_aux_shapes
+from soar_fast.kernels.dispatch import LIB, kind_code
 
 LIB_NAME = "libsoar_kernels.so"
 ENV_VAR = "SOAR_FAST_CUDA_LIB"
@@ -42,12 +45,14 @@ class _Library:
 
 
 def candidate_paths() -> list[Path]:
+    """Where the library is looked for, in order: `$SOAR_FAST_CUDA_LIB` alone when set, else CMake's
+    output folder `<repo>/build/` (when this package runs from its checkout), then next to this file."""
     env = os.environ.get(ENV_VAR)
     if env:
         path = Path(env)
         return [path / LIB_NAME if path.is_dir() else path]
-    here = Path(__file__).resolve().parent
-    return [here.parents[1] / "build" / LIB_NAME, here / LIB_NAME]
+    repo = source_checkout()
+    return ([repo / "build" / LIB_NAME] if repo is not None else []) + [Path(__file__).resolve().parent / LIB_NAME]
 
 
 @functools.cache
@@ -74,8 +79,13 @@ def _load() -> _Library:
         version = lib.soar_kernels_version().decode()
         return _Library(lib, path, f"CUDA kernel library found at {path} ({version})")
     where = ", ".join(str(p) for p in paths)
-    hint = f"run `{BUILD_COMMAND}` in the repository root" + ("" if os.environ.get(ENV_VAR) else
-                                                                f" or set {ENV_VAR}")
+    if os.environ.get(ENV_VAR):
+        hint = f"{ENV_VAR} names no file; point it at the {LIB_NAME} that `{BUILD_COMMAND}` wrote"
+    elif source_checkout() is None:
+        hint = (f"this package is installed outside its repository, so there is no <repo>/build/ to look in: "
+                f"run `{BUILD_COMMAND}` in a soar-fast checkout and set {ENV_VAR} to build/{LIB_NAME}")
+    else:
+        hint = f"run `{BUILD_COMMAND}` in the repository root or set {ENV_VAR}"
     return _Library(None, None, f"CUDA kernel library not built (looked for {where}): {hint}")
 
 
@@ -162,9 +172,7 @@ def _cuda_aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torc
                         sigma_prime: torch.Tensor, row_table: torch.Tensor, path_noise: torch.Tensor | None,
                         cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
                         out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    latents = empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device)
-    targets = empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
     if latents.numel():
         _launch_into(latents, targets, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                      path_noise, cfg_scale=cfg_scale, kind=kind, noise_scale=noise_scale,
@@ -172,12 +180,7 @@ def _cuda_aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torc
     return latents, targets
 
 
-@_cuda_aux_points_op.register_fake
-def _(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale, kind,
-      noise_scale, sigma_hat_at_one, out_dtype):
-    shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    return (z_t0.new_empty(shape, dtype=out_dtype or z_t0.dtype),
-            z_t0.new_empty(shape, dtype=out_dtype or torch.float32))
+_cuda_aux_points_op.register_fake(aux_points_fake)
 
 
 def cuda_fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise,

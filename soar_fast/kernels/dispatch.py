@@ -29,7 +29,7 @@ except ImportError:  # wheels without triton (macOS, Windows): eager twins only
 # The custom-op namespace shared by every op in this folder.
 LIB = "soar_fast"
 
-# Rollout kinds (SPEC.md §1) as kernel constexprs; order is fixed because kernels switch on it.
+# Rollout kinds (docs/objective.md §4) as kernel constexprs; order is fixed because kernels switch on it.
 KIND_CODES: dict[str, int] = {"ode": 0, "simple": 1, "sde": 2, "flow_sde": 3, "cps": 4}
 
 

@@ -1,4 +1,4 @@
-"""SD3 text encoding (reference-notes §1.2): CLIP-L and CLIP-G penultimate hidden states and projected
+"""SD3 text encoding (docs/data.md, "Text encoding and the VAE"): CLIP-L and CLIP-G penultimate hidden states and projected
 pooled outputs, T5 last hidden state; CLIP zero-padded on channels to T5's width, then concatenated
 with T5 along the sequence. No attention masks, exactly as the reference and diffusers' SD3 pipeline.
 

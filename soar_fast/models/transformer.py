@@ -137,9 +137,11 @@ def velocity_fn(transformer) -> Callable[..., torch.Tensor]:
     return forward
 
 
-def image_tokens(transformer, latent_hw: tuple[int, int]) -> int:
-    """Image tokens of one sample: (h / patch) · (w / patch)."""
-    patch = int(transformer.config.patch_size)
+def image_tokens(model_or_config: Any, latent_hw: tuple[int, int]) -> int:
+    """Image tokens of one sample: (h / patch) · (w / patch). Takes the transformer or its config
+    (diffusers' config or a plain mapping with `patch_size`)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    patch = int(config["patch_size"])
     return (int(latent_hw[0]) // patch) * (int(latent_hw[1]) // patch)
 
 

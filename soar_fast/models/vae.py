@@ -2,7 +2,7 @@
 
 `z0 = scaling·(sample − shift)` with `sample = mean + std·ε`, so the scaled posterior is
 `mean' = scaling·(mean − shift)`, `std' = scaling·std` and `z0 = mean' + std'·ε`: the trainer draws ε.
-The reference encodes in float32 (reference-notes §3.1); so does this module.
+The reference encodes in float32 (docs/data.md, "Text encoding and the VAE"); so does this module.
 """
 
 from __future__ import annotations

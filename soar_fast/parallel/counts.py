@@ -1,6 +1,6 @@
 """The SOAR normalisation over every rank's supervision items: one all-reduce of two counts per step.
 
-The objective (SPEC.md §1.5) is a mean over all items of all W ranks:
+The objective (docs/objective.md §5) is a mean over all items of all W ranks:
 
     L = (Σ_r S_r) / N,   S_r = Σ main_r + λ·Σ aux_r,   N = max(Σ_r n_main_r + λ·Σ_r n_aux_r, 1).
 

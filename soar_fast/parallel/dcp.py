@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from soar_fast.train.checkpoint import publish_folder
-
+from ..atomic import publish_folder
 from .env import Dist
 
 __all__ = ["atomic_folder", "is_sharded_state", "load_sharded_state", "rank_file", "save_sharded_state",

@@ -1,4 +1,4 @@
-"""The scheduler's discrete sigma grid and the reference's two index rules on it (SPEC.md §1)."""
+"""The scheduler's discrete sigma grid and the reference's two index rules on it (docs/objective.md §2)."""
 
 from __future__ import annotations
 

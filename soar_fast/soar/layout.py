@@ -90,7 +90,7 @@ def aux_layout(t0: torch.Tensor, grid: SigmaGrid, *, num_sampling_steps: int, fr
 
     sigma_prime = sp_all.reshape(-1)[rows]
     if timestep_mode == "grid":
-        # The reference's σ' → t → τ round trip, float32 quirk included (reference-notes §3.2).
+        # The reference's σ' → t → τ round trip, float32 quirk included (docs/objective.md §2).
         _, timestep_prime = grid.at(grid.t_of(sigma_prime))
     else:
         timestep_prime = sigma_prime * grid.num_train_timesteps

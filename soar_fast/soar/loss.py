@@ -1,4 +1,4 @@
-"""Per-sample weighted MSE and the SOAR normalisation over global supervision counts (SPEC.md §1.5)."""
+"""Per-sample weighted MSE and the SOAR normalisation over global supervision counts (docs/objective.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classifier-free guidance and the one-step rollout kinds of SPEC.md §1, all in float32."""
+"""Classifier-free guidance and the one-step rollout kinds of docs/objective.md §4, all in float32."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from soar_fast.atomic import save_folder_atomically
+
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -87,27 +89,6 @@ def resolve_checkpoint(path: str) -> Checkpoint:
     return latest
 
 
-def _fsync_tree(path: str) -> None:
-    """Flush every file and folder under `path` to disk, so a power cut after the rename cannot
-    leave a complete-looking checkpoint with empty files."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_partial_saves(output_dir: str) -> None:
     """Delete `.tmp-*` folders left by a save that was killed (they are never read). An `.old-*`
     folder whose replacement never arrived (killed between the two renames) is put back."""
@@ -124,34 +105,6 @@ def remove_partial_saves(output_dir: str) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.replace(path, original)
-
-
-def publish_folder(tmp: str, final: str, tag: str) -> None:
-    """Flush the finished folder `tmp` to disk and move it to `final`, replacing an older `final`."""
-    parent, name = os.path.split(os.path.normpath(final))
-    _fsync_tree(tmp)
-    if os.path.exists(final):
-        # A directory cannot be replaced by rename while non-empty: move the old one aside first.
-        # Between these two renames `final` is missing, never half-written.
-        old = os.path.join(parent, f".old-{name}-{tag}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(parent)
-
-
-def save_folder_atomically(final: str, write: Any) -> None:
-    """Call `write(tmp_dir)`, then move `tmp_dir` to `final` (replacing an older `final`)."""
-    parent, name = os.path.split(os.path.normpath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write(tmp)
-    publish_folder(tmp, final, str(os.getpid()))
 
 
 def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module, state: dict[str, Any],

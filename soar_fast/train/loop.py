@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from soar_fast.atomic import save_folder_atomically
 from soar_fast.errors import UserError
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
-from soar_fast.train.checkpoint import save_checkpoint, save_folder_atomically, save_transformer
+from soar_fast.train.checkpoint import save_checkpoint, save_transformer
 from soar_fast.train.metrics import MetricsLog
 from soar_fast.train.trainer import StepResult, Trainer
 
@@ -110,6 +111,7 @@ def fit(trainer: Trainer) -> str:
     d = trainer.dist
     window = Window()
     status = "done"
+    first_step = trainer.step + 1
     try:
         with GracefulStop() as stop:
             while trainer.step < max_steps:
@@ -129,6 +131,8 @@ def fit(trainer: Trainer) -> str:
                     window.add(result, lr)
                 trainer.step = step
                 bar.update(1)
+                if step == first_step and trainer.is_main:
+                    _log_attention_ran(trainer)
 
                 # Several ranks stop at the same step: they agree on a signal at log and checkpoint steps
                 # (one flag all-reduce where the loop syncs anyway), so a signal ends the run within
@@ -155,7 +159,7 @@ def fit(trainer: Trainer) -> str:
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
                 if is_save and last_saved != step:
                     if trainer.sharded_checkpoints:
-                        from soar_fast.parallel.resume import save_sharded_checkpoint
+                        from soar_fast.train.resume import save_sharded_checkpoint
 
                         saved = save_sharded_checkpoint(trainer, out, step, total_limit=cfg.checkpoint.total_limit)
                     else:
@@ -205,6 +209,13 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def _log_attention_ran(trainer: Trainer) -> None:
+    """The start-up report names the attention backend installed; after one step, say what ran."""
+    report = getattr(unwrap(trainer.model), "soar_accel_report", None)
+    if report is not None:
+        log.info("attention ran in the first step: %s", report.as_dict()["attention_ran"])
 
 
 def _nonfinite_message(step: int, out: str) -> str:

@@ -1,7 +1,7 @@
 """AdamW and the learning-rate schedules (`[optim]`), stepped once per optimizer step.
 
 The schedule horizon is `train.max_steps` optimizer steps on every world size: the reference's
-scheduler is stretched by the number of GPUs under DeepSpeed (reference-notes §8.4); this one is not.
+scheduler is stretched by the number of GPUs under DeepSpeed (docs/objective.md §8); this one is not.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from soar_fast.config import OptimConfig
 
 def build_optimizer(optim_cfg: OptimConfig, params: Iterable[torch.nn.Parameter], *, state: str = "adamw",
                     device: torch.device | str = "cpu") -> torch.optim.Optimizer:
-    """AdamW with `[optim]`'s betas, eps and decoupled weight decay. `state` is `accel.optimizer`:
-    "adamw" keeps fp32 moments; the low-bit variants come from `soar_fast.accel.optim` (torchao)."""
+    """AdamW with `[optim]`'s betas, eps and decoupled weight decay over the trainable `params`.
+    `state` is the resolved `accel.optimizer`: "adamw" keeps fp32 moments; the low-bit variants are
+    torchao's (`soar_fast.accel.optim`)."""
     params = [p for p in params if p.requires_grad]
     kwargs = {"lr": optim_cfg.lr, "betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps,
               "weight_decay": optim_cfg.weight_decay}
     if state == "adamw":
         # fused: one kernel for every parameter on CUDA; CPU keeps the default foreach path.
         return torch.optim.AdamW(params, fused=torch.device(device).type == "cuda" or None, **kwargs)
-    from soar_fast.accel.optim import build_optimizer as build_low_bit
+    from soar_fast.accel.optim import low_bit_adamw
 
-    return build_low_bit(params, state, device=device, **kwargs)
+    return low_bit_adamw(state)(params, **kwargs)
 
 
 def lr_lambda(optim_cfg: OptimConfig, max_steps: int) -> Callable[[int], float]:

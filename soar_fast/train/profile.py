@@ -14,8 +14,8 @@ and they make each phase's GPU time land in that phase. "other" is the rest of t
 preparation, loss arithmetic). `--nsys` with `nsys` on PATH re-runs this command under
 `nsys profile` (capturing only the profiled steps) and prints the report path.
 
-`phase(name)` is the one hook inside the step (backward, which happens inside `soar_step`); the
-other phases are timed by wrapping the trainer's pieces, so profiling does not fork the step.
+`phases.phase(name)` is the one hook inside the step (backward, which happens inside `soar_step`);
+the other phases are timed by wrapping the trainer's pieces, so profiling does not fork the step.
 """
 
 from __future__ import annotations
@@ -27,64 +27,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.profiler import record_function
 
+from soar_fast.train.phases import PHASES, PhaseTimer, phase, timing
+
 log = logging.getLogger(__name__)
 
-PHASES = ("data", "encode", "main forward", "rollout forward", "aux kernel", "aux forward", "backward", "optimizer")
 _UNDER_NSYS = "SOAR_FAST_UNDER_NSYS"
-
-
-class PhaseTimer:
-    """Exclusive wall time per phase name (a nested phase's time is not counted in its parent)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.totals: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self._stack: list[list] = []
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # host sync: profiling only, a phase boundary
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self._sync()
-        frame = [name, time.perf_counter(), 0.0]
-        self._stack.append(frame)
-        try:
-            yield
-        finally:
-            self._sync()
-            self._stack.pop()
-            elapsed = time.perf_counter() - frame[1]
-            self.totals[name] = self.totals.get(name, 0.0) + elapsed - frame[2]
-            self.counts[name] = self.counts.get(name, 0) + 1
-            if self._stack:
-                self._stack[-1][2] += elapsed
-
-    def reset(self) -> None:
-        self.totals.clear()
-        self.counts.clear()
-
-
-_TIMER: PhaseTimer | None = None
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """A named range of the step: a `record_function` (NVTX under emit_nvtx), timed while profiling."""
-    with record_function(name):
-        if _TIMER is None:
-            yield
-        else:
-            with _TIMER(name):
-                yield
 
 
 def _timed(fn: Callable, name: str | Callable[[], str]) -> Callable:
@@ -157,7 +110,6 @@ def _rerun_under_nsys(out_dir: str) -> int:
 
 def main_profile(cfg: Any, args: Any) -> int:
     """Profile `args.steps` training steps of `cfg` after warm-up; returns the exit code."""
-    global _TIMER
     import dataclasses
 
     from soar_fast.accel.telemetry import TelemetrySampler
@@ -198,26 +150,24 @@ def main_profile(cfg: Any, args: Any) -> int:
     for _ in range(warmup):
         one_step()
 
-    timer = _TIMER = PhaseTimer(device)
+    timer = PhaseTimer(device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     nvtx = torch.autograd.profiler.emit_nvtx() if use_nsys else contextlib.nullcontext()
-    try:
-        with TelemetrySampler(device) as telemetry, torch.profiler.profile(activities=activities) as prof, nvtx:
-            if use_nsys:
-                torch.cuda.profiler.start()
-            timer._sync()
-            start = time.perf_counter()
-            for _ in range(steps):
-                with record_function("step"):
-                    one_step()
-            timer._sync()
-            elapsed = time.perf_counter() - start
-            if use_nsys:
-                torch.cuda.profiler.stop()
-    finally:
-        _TIMER = None
+    with timing(timer), TelemetrySampler(device) as telemetry, \
+            torch.profiler.profile(activities=activities) as prof, nvtx:
+        if use_nsys:
+            torch.cuda.profiler.start()
+        timer.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            with record_function("step"):
+                one_step()
+        timer.sync()
+        elapsed = time.perf_counter() - start
+        if use_nsys:
+            torch.cuda.profiler.stop()
     samples_per_step = cfg.data.batch_size * max(int(cfg.train.gradient_accumulation_steps), 1)
     trace = os.path.join(out_dir, "trace.json")
     prof.export_chrome_trace(trace)

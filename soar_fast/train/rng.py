@@ -2,26 +2,18 @@
 
 Each stream is independent of the others, so adding a draw to one stream (or skipping a step's
 draws) never shifts another, and every rank gets its own noise (the reference draws identical noise
-on every GPU, reference-notes §8.2). The global torch RNG is never used by training.
+on every GPU, docs/objective.md §8). The global torch RNG is never used by training.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from soar_fast.seeds import stream_seed
 
 # soar: the step's `SoarDraws` (t0, z1, fracs, path noise); posterior: ε of z0 = mean + std·ε;
 # dropout: per-sample conditional dropout; init: the preset's random weights.
 STREAMS = ("soar", "posterior", "dropout")
-
-
-def stream_seed(seed: int, rank: int, name: str, *extra: int) -> int:
-    """A 63-bit seed for stream `name` of `rank` (and optional extra ints); stable across processes,
-    runs and platforms (sha256, not the salted `hash()`)."""
-    key = "/".join(["soar-fast", str(int(seed)), str(int(rank)), name, *(str(int(e)) for e in extra)])
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class RngStreams:

@@ -24,15 +24,15 @@ def main_train(cfg: Config, args: Any) -> int:
 
     Under torchrun every process runs this (docs/distributed.md): rank 0 alone prepares the folder,
     logs and writes; a failure on any rank ends every rank (`parallel.fail_fast`)."""
+    from soar_fast.accel.resolve import check_switches
     from soar_fast.data.errors import DataError
     from soar_fast.parallel import fail_fast, init_distributed, shutdown
     from soar_fast.train.loop import NonFiniteLossError
-    from soar_fast.train.step import step_options
     from soar_fast.train.trainer import resolve_device
 
     # Switch combinations that cannot work, and an incomplete model folder, are errors before anything
     # heavy is built.
-    step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)
+    check_switches(cfg.accel)
     check_model_folder(cfg.model.path, encodes=cfg.data.cache is None,
                        why="training without data.cache encodes each batch")
     try:
@@ -102,7 +102,7 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
     log.info("model: %s, %.2fM parameters, on %s; step: %s", cfg.model.path or f"preset {cfg.model.preset}",
              count_parameters(trainer.model) / 1e6, trainer.device, trainer.opts)
     if checkpoint is not None:
-        from soar_fast.parallel.resume import (
+        from soar_fast.train.resume import (
             is_sharded_checkpoint,
             restore_full_checkpoint,
             restore_sharded_checkpoint,

@@ -1,4 +1,4 @@
-"""One SOAR training step (SPEC.md §2), in order, as one function: `soar_step`.
+"""One SOAR training step (docs/objective.md §3), in order, as one function: `soar_step`.
 
 batch → z_t0 → main forward (grad) → rollout forward (no grad) → CFG + aux points → aux forward(s)
 → loss → backward. The optimizer step is the trainer's (it also owns clipping and accumulation).
@@ -13,22 +13,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from soar_fast.config import AccelConfig, SoarConfig
-from soar_fast.config_io import ConfigError
+from soar_fast.config import SoarConfig
 from soar_fast.soar import AuxPoints, LossParts, SigmaGrid, SoarDraws, aux_points, cfg_combine, loss_weight
 from soar_fast.soar.loss import Count, normaliser, soar_loss, weighted_mse
-from soar_fast.train.profile import phase
+from soar_fast.soar.reference import Model
+from soar_fast.train.phases import phase
 
-# model(latents [N,C,H,W], timesteps [N] float32, prompt_embeds [N,L,D], pooled [N,P]) -> velocity [N,C,H,W]
-Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    from soar_fast.accel.resolve import ResolvedAccel
+
 # (z_t0, v_uncond, v_cond, z0, draws, grid, soar_cfg) -> AuxPoints
 CfgAux = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SoarDraws, SigmaGrid, SoarConfig],
                   AuxPoints]
 # (pred [N,...], target [N,...], weight [N]) -> per-sample weighted MSE [N] float32, differentiable
 FlowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (pred [n,...], pts, rows, z0 [B,...], weight [n]) -> per-row weighted MSE of the aux rows `rows` [n] float32
+AuxLoss = Callable[[torch.Tensor, AuxPoints, slice, torch.Tensor, torch.Tensor], torch.Tensor]
 # (this rank's n_main, n_aux) -> (the counts over all ranks)
 GlobalCounts = Callable[[int, int], tuple[Count, Count]]
 
@@ -43,6 +47,12 @@ def eager_cfg_aux(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tens
                       timestep_mode=soar.timestep_mode)
 
 
+def stored_target_loss(pred: torch.Tensor, pts: AuxPoints, rows: slice, z0: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """Aux loss against the stored targets (the fused kernels recompute them from the latents instead)."""
+    return weighted_mse(pred, pts.targets[rows], weight)
+
+
 @dataclass
 class StepFns:
     """The replaceable pieces of the step. `forward` carries gradients (main and aux forwards);
@@ -52,6 +62,7 @@ class StepFns:
     rollout_forward: Model
     cfg_aux: CfgAux = eager_cfg_aux
     flow_loss: FlowLoss = weighted_mse
+    aux_loss: AuxLoss = stored_target_loss
 
 
 @dataclass(frozen=True)
@@ -79,21 +90,66 @@ class StepOptions:
             raise ValueError("StepOptions: fuse_main needs reuse_cond=False and serial_aux=False")
 
 
-def step_options(accel: AccelConfig, *, mixed_precision: str = "no") -> StepOptions:
-    """`[accel]` (+ `train.mixed_precision`) as StepOptions. `mode = "reference"` ignores the switches
-    and runs the reference's step semantics (grad-enabled [uncond; cond] rollout, K serial aux forwards)."""
-    autocast = torch.bfloat16 if mixed_precision == "bf16" else None
-    if accel.mode == "reference":
-        return StepOptions(reuse_cond=False, rollout_grad=True, serial_aux=True, autocast_dtype=autocast)
-    if accel.fuse_main_into_aux and accel.rollout_reuse_cond:
-        raise ConfigError("accel.fuse_main_into_aux needs accel.rollout_reuse_cond = false (the main output "
-                          "is the conditional CFG branch otherwise, needed before the aux rows exist)")
-    if accel.fuse_main_into_aux and not accel.batched_aux:
-        raise ConfigError("accel.fuse_main_into_aux needs accel.batched_aux = true (there is no single "
-                          "aux forward to fuse the main batch into otherwise)")
-    return StepOptions(reuse_cond=accel.rollout_reuse_cond, serial_aux=not accel.batched_aux,
-                       aux_chunk=max(int(accel.aux_chunk), 0), fuse_main=accel.fuse_main_into_aux,
-                       autocast_dtype=autocast)
+def step_options(accel: ResolvedAccel, *, mixed_precision: str = "no") -> StepOptions:
+    """The resolved `[accel]` switches that shape the step (`soar_fast.accel.resolve_accel` decides
+    them, `accel.mode` included), with `train.mixed_precision`."""
+    return StepOptions(reuse_cond=accel.rollout_reuse_cond, rollout_grad=accel.rollout_grad,
+                       serial_aux=not accel.batched_aux, aux_chunk=accel.aux_chunk,
+                       fuse_main=accel.fuse_main_into_aux,
+                       autocast_dtype=torch.bfloat16 if mixed_precision == "bf16" else None)
+
+
+@dataclass(frozen=True)
+class MainRows:
+    """The main batch: model inputs (z_t0, τ0, prompt_embeds, pooled), target z1 − z0, loss weight [B]."""
+
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    target: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.target.shape[0]
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """Where the step's gradients are computed, all in this one place.
+
+    Without aux chunks: one backward of `loss_scale · loss` at the end. With `aux_chunk` (batched):
+    the normaliser is known before the first aux forward, so each chunk is backpropagated as soon as
+    it is computed and its activations freed (exact: the loss is linear in chunk sums); the main
+    term goes back at the end, or with the chunk it rode in under `fuse_main` (they share a graph).
+    """
+
+    per_chunk: bool
+    fused_main: bool
+    loss_scale: float
+    norm: Count
+    lambda_aux: float
+
+    @classmethod
+    def of(cls, opts: StepOptions, *, loss_scale: float, norm: Count, lambda_aux: float) -> BackwardPlan:
+        return cls(per_chunk=opts.aux_chunk > 0 and not opts.serial_aux, fused_main=opts.fuse_main,
+                   loss_scale=loss_scale, norm=norm, lambda_aux=lambda_aux)
+
+    def chunk(self, aux_part: torch.Tensor, main_sum: torch.Tensor | None) -> torch.Tensor:
+        """One aux chunk's loss sum (plus the fused main's): backpropagated now when planned per
+        chunk (then returned detached), else returned as is for the final backward."""
+        if not self.per_chunk:
+            return aux_part
+        chunk_sum = self.lambda_aux * aux_part + (main_sum if main_sum is not None else 0.0)
+        with phase("backward"):
+            (chunk_sum * (self.loss_scale / self.norm)).backward()
+        return aux_part.detach()
+
+    def finish(self, loss: torch.Tensor, main_sum: torch.Tensor) -> None:
+        """What is left after the aux forwards: the whole loss, or the main term alone."""
+        with phase("backward"):
+            if not self.per_chunk:
+                (loss * self.loss_scale).backward()
+            elif not self.fused_main:
+                (main_sum * (self.loss_scale / self.norm)).backward()
 
 
 def _aux_slices(pts: AuxPoints, opts: StepOptions) -> list[slice]:
@@ -111,6 +167,50 @@ def _aux_slices(pts: AuxPoints, opts: StepOptions) -> list[slice]:
     return slices
 
 
+def rollout_velocities(fns: StepFns, opts: StepOptions, autocast, main: MainRows, v0: torch.Tensor | None,
+                       null_embeds: torch.Tensor, null_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v_uncond, v_cond), detached: one no-grad rollout forward, over [uncond; cond] unless v_cond
+    is the main forward's own output (`reuse_cond`)."""
+    z_t0, tau0, prompt_embeds, pooled = main.inputs
+    null_e = null_embeds.expand(main.size, *null_embeds.shape[1:])
+    null_p = null_pooled.expand(main.size, *null_pooled.shape[1:])
+    with torch.set_grad_enabled(opts.rollout_grad), autocast:
+        if opts.reuse_cond:
+            v_uncond, v_cond = fns.rollout_forward(z_t0, tau0, null_e, null_p), v0
+        else:
+            v_both = fns.rollout_forward(torch.cat([z_t0, z_t0]), torch.cat([tau0, tau0]),
+                                         torch.cat([null_e, prompt_embeds]), torch.cat([null_p, pooled]))
+            v_uncond, v_cond = v_both.chunk(2)
+    return v_uncond.detach(), v_cond.detach()
+
+
+def aux_forwards(fns: StepFns, opts: StepOptions, autocast, pts: AuxPoints, main: MainRows,
+                 v0: torch.Tensor | None, z0: torch.Tensor, scheme: str,
+                 plan: BackwardPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aux forward(s), with grad, one per slice of `_aux_slices`; returns (per-sample main loss [B],
+    aux loss sum). `v0` None (`fuse_main`): the main rows ride in front of the first aux forward. `z0`
+    (B, C, H, W): for an aux loss that recomputes the targets from the latents."""
+    _, _, prompt_embeds, pooled = main.inputs
+    main_loss = None if v0 is None else fns.flow_loss(v0, main.target, main.weight)
+    aux_sum = pts.latents.new_zeros((), dtype=torch.float32)
+    for rows in _aux_slices(pts, opts):
+        b = pts.sample_index[rows]
+        inputs = (pts.latents[rows], pts.timesteps[rows], prompt_embeds[b], pooled[b])
+        # Fused main: one larger grad forward instead of two (fewer launches, taller GEMMs on a GPU),
+        # paid for by the conditional rollout half that `reuse_cond` would have saved. Off by default.
+        with_main = main_loss is None
+        if with_main:
+            inputs = tuple(torch.cat(pair) for pair in zip(main.inputs, inputs))
+        with autocast:
+            pred = fns.forward(*inputs)
+        if with_main:
+            v0, pred = pred.split([main.size, pred.shape[0] - main.size])
+            main_loss = fns.flow_loss(v0, main.target, main.weight)
+        part = fns.aux_loss(pred, pts, rows, z0, loss_weight(pts.sigmas[rows], scheme)).sum()
+        aux_sum = aux_sum + plan.chunk(part, main_loss.sum() if with_main else None)
+    return main_loss, aux_sum
+
+
 def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
               null_embeds: torch.Tensor, null_pooled: torch.Tensor, draws: SoarDraws, grid: SigmaGrid,
               soar: SoarConfig, opts: StepOptions, *, loss_scale: float = 1.0,
@@ -124,10 +224,8 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     turns this rank's counts into the counts over all ranks (an all-reduce, as a device tensor: no
     host sync); None = one process.
     """
-    B = z0.shape[0]
     autocast = (torch.autocast(z0.device.type, dtype=opts.autocast_dtype) if opts.autocast_dtype
                 else contextlib.nullcontext())
-    scheme = soar.weighting_scheme
 
     # 1. z_t0 on the grid point of t0 (float32 sigma, unlike the reference's bf16 rounding).
     sigma0, tau0 = grid.at(draws.t0)
@@ -136,72 +234,36 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
 
     # 2. Main forward, with grad: the plain flow-matching loss towards z1 − z0. With `fuse_main` these
     # rows run in front of the first aux forward instead (step 5).
-    main_rows = (z_t0, tau0, prompt_embeds, pooled)
-    main_target, main_weight = draws.z1 - z0, loss_weight(sigma0, scheme)
+    main = MainRows((z_t0, tau0, prompt_embeds, pooled), draws.z1 - z0, loss_weight(sigma0, soar.weighting_scheme))
+    v0 = None
     if not opts.fuse_main:
         with autocast:
-            v0 = fns.forward(*main_rows)
-        main = fns.flow_loss(v0, main_target, main_weight)
+            v0 = fns.forward(*main.inputs)
 
     # 3. Rollout forward, no grad. v_cond is the main forward's own output when reused.
-    null_e = null_embeds.expand(B, *null_embeds.shape[1:])
-    null_p = null_pooled.expand(B, *null_pooled.shape[1:])
-    with torch.set_grad_enabled(opts.rollout_grad), autocast:
-        if opts.reuse_cond:
-            v_uncond, v_cond = fns.rollout_forward(z_t0, tau0, null_e, null_p), v0
-        else:
-            v_both = fns.rollout_forward(torch.cat([z_t0, z_t0]), torch.cat([tau0, tau0]),
-                                         torch.cat([null_e, prompt_embeds]), torch.cat([null_p, pooled]))
-            v_uncond, v_cond = v_both.chunk(2)
-    v_uncond, v_cond = v_uncond.detach(), v_cond.detach()
+    v_uncond, v_cond = rollout_velocities(fns, opts, autocast, main, v0, null_embeds, null_pooled)
 
     # 4. CFG + aux points (the eager path syncs once here to count rows).
     pts = fns.cfg_aux(z_t0, v_uncond, v_cond, z0, draws, grid, soar)
 
-    # 5. Aux forward(s), with grad. The normaliser is known now, so a chunk can be backpropagated as
-    # soon as it is computed and its activations freed (exact: the loss is linear in chunk sums).
-    n_main, n_aux = B, pts.layout.num_rows
+    # 5. Aux forward(s), with grad, and the main loss; chunks may go back as they come (`BackwardPlan`).
+    n_main, n_aux = main.size, pts.layout.num_rows
     if global_counts is not None:
         n_main, n_aux = global_counts(n_main, n_aux)
-    norm = normaliser(n_main, n_aux, soar.lambda_aux)
-    per_chunk_backward = opts.aux_chunk > 0 and not opts.serial_aux
-    aux_sum = z0.new_zeros((), dtype=torch.float32)
-    for rows in _aux_slices(pts, opts):
-        b = pts.sample_index[rows]
-        inputs = (pts.latents[rows], pts.timesteps[rows], prompt_embeds[b], pooled[b])
-        # Fused main: one larger grad forward instead of two (fewer launches, taller GEMMs on a GPU),
-        # paid for by the conditional rollout half that `reuse_cond` would have saved. Off by default.
-        with_main = opts.fuse_main and rows.start == 0
-        if with_main:
-            inputs = tuple(torch.cat(pair) for pair in zip(main_rows, inputs))
-        with autocast:
-            pred = fns.forward(*inputs)
-        if with_main:
-            v0, pred = pred.split([B, pred.shape[0] - B])
-            main = fns.flow_loss(v0, main_target, main_weight)
-        part = fns.flow_loss(pred, pts.targets[rows], loss_weight(pts.sigmas[rows], scheme)).sum()
-        if per_chunk_backward:
-            # A fused main shares this chunk's graph, so it goes back here, once (not in step 7).
-            chunk_sum = soar.lambda_aux * part + (main.sum() if with_main else 0.0)
-            with phase("backward"):
-                (chunk_sum * (loss_scale / norm)).backward()
-            part = part.detach()
-        aux_sum = aux_sum + part
+    backward = BackwardPlan.of(opts, loss_scale=loss_scale, norm=normaliser(n_main, n_aux, soar.lambda_aux),
+                               lambda_aux=soar.lambda_aux)
+    main_loss, aux_sum = aux_forwards(fns, opts, autocast, pts, main, v0, z0, soar.weighting_scheme, backward)
 
     # 6. Loss: the mean over every supervision item of every rank.
-    main_sum = main.sum()
+    main_sum = main_loss.sum()
     loss = soar_loss(main_sum, aux_sum, n_main, n_aux, soar.lambda_aux)
 
-    # 7. Backward (`phase`: a named range for `soar-fast profile`; the other phases are named by
-    # wrapping StepFns there).
-    with phase("backward"):
-        if not per_chunk_backward:
-            (loss * loss_scale).backward()
-        elif not opts.fuse_main:
-            (main_sum * (loss_scale / norm)).backward()
+    # 7. Backward, what the plan left for the end (`phase`: a named range for `soar-fast profile`; the
+    # other phases are named by wrapping StepFns there).
+    backward.finish(loss, main_sum)
     # Logged parts are this rank's shares of the global values (its sums over the global counts): one
     # process logs its means; with several, the loop sums the shares over ranks on log steps, giving
-    # the global loss and mean items (the reference logs the shares alone: ≈ means / W, §8.5).
+    # the global loss and mean items (the reference logs the shares alone: ≈ means / W; docs/objective.md §5).
     return LossParts(loss=loss.detach(), loss_main=main_sum.detach() / normaliser(n_main, 0, 0.0),
                      loss_aux=aux_sum.detach() / normaliser(0, n_aux, 1.0), n_main=n_main, n_aux=n_aux)
 

@@ -1,8 +1,8 @@
 """The Trainer, assembled in a fixed order of small steps (torchtitan style):
 
   resolve device → random streams → data source → transformer (preset sized to the data, or
-  `model.path`) → sigma grid → eager step pieces → `apply_accel` → DDP/FSDP2 (`parallel.wrap`)
-  → optimizer → LR schedule
+  `model.path`) → sigma grid → resolve `[accel]` once → eager step pieces → `apply_accel` →
+  DDP/FSDP2 (`parallel.wrap`) → step options → optimizer → LR schedule
 
 Each builder takes only its own config section. `Trainer.train_step` is one optimizer step
 (accumulation, clipping, schedule) around `soar_step`; the loop with logging, checkpoints and
@@ -38,9 +38,10 @@ from soar_fast.parallel import (
     single_process,
     unwrap,
 )
+from soar_fast.seeds import stream_seed
 from soar_fast.soar import LossParts, SigmaGrid, draw
 from soar_fast.train.optim import build_lr_scheduler, build_optimizer
-from soar_fast.train.rng import RngStreams, stream_seed
+from soar_fast.train.rng import RngStreams
 from soar_fast.train.step import StepFns, StepOptions, drop_conditions, soar_step, step_options
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,21 @@ class Trainer:
             dist = single_process(device)
         rngs = RngStreams(cfg.train.seed, rank, device)
         if source is None:
-            from soar_fast.data.source import build_source
+            from soar_fast.data.build import build_source
 
-            source = build_source(cfg, rank=rank, world=world, device=device, dtype=torch.float32,
-                                  output_dir=cfg.run.output_dir)
+            source = build_source(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=cfg.run.output_dir,
+                                  rank=rank, world=world, device=device, dtype=torch.float32)
         # Same initial weights on every rank: the init seed ignores the rank.
         model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
         grid = SigmaGrid.from_scheduler_config(scheduler_config(cfg.model)).to(device)
+        accel = resolve_accel(cfg.accel, device)
+        if cfg.parallel.strategy == "fsdp2" and accel.cuda_graphs:
+            # FSDP2's forward all-gathers (and frees) the weights in hooks: not capturable in a CUDA graph.
+            log.warning("accel.cuda_graphs: off under parallel.strategy = fsdp2 (forwards all-gather weights)")
+            accel = replace(accel, cuda_graphs=False)
         forward = velocity_fn(model)
-        fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), cfg.accel, device=device,
-                          float8_all_gather=float8_fsdp_options(cfg.parallel.strategy, cfg.accel.float8_recipe)[
+        fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), accel, device=device,
+                          float8_all_gather=float8_fsdp_options(cfg.parallel.strategy, accel.float8_recipe)[
                               "enable_fsdp_float8_all_gather"])
         # Data parallelism last (torchtitan's order). FSDP2 shards `model` in place; DDP returns a wrapper
         # that the gradient-carrying forwards must go through (its hooks all-reduce the gradients); the
@@ -126,15 +132,9 @@ class Trainer:
         wrapped = apply_data_parallel(model, cfg.parallel, dist, autocast_bf16=cfg.train.mixed_precision == "bf16")
         if wrapped is not model:
             fns = replace(fns, forward=velocity_fn(wrapped))
-        if cfg.parallel.strategy == "fsdp2" and type(fns.rollout_forward).__name__ == "GraphedForward":
-            # FSDP2's forward all-gathers (and frees) the weights in hooks: not capturable in a CUDA graph.
-            log.warning("accel.cuda_graphs: off under parallel.strategy = fsdp2 (forwards all-gather weights)")
-            fns = replace(fns, rollout_forward=velocity_fn(wrapped))
         model = wrapped
-        opts = step_options(cfg.accel, mixed_precision=cfg.train.mixed_precision)
-        # The resolved switches: `mode = "reference"` means plain AdamW whatever `accel.optimizer` says.
-        optimizer = build_optimizer(cfg.optim, model.parameters(), state=resolve_accel(cfg.accel, device).optimizer,
-                                    device=device)
+        opts = step_options(accel, mixed_precision=cfg.train.mixed_precision)
+        optimizer = build_optimizer(cfg.optim, model.parameters(), state=accel.optimizer, device=device)
         lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
         return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
                    optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist)
@@ -147,7 +147,7 @@ class Trainer:
     @property
     def sharded_checkpoints(self) -> bool:
         """Checkpoints in torch.distributed.checkpoint format (FSDP2 or several processes)."""
-        from soar_fast.parallel.resume import uses_sharded_checkpoints
+        from soar_fast.train.resume import uses_sharded_checkpoints
 
         return uses_sharded_checkpoints(self.cfg.parallel, self.dist)
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from soar_fast.kernels.aux_points import fused_aux_points
-from soar_fast.kernels.flow_loss import flow_loss, flow_loss_from_latents, flow_loss_reference, latent_targets_reference
+from soar_fast.kernels.flow_loss import (
+    flow_loss,
+    flow_loss_from_latents,
+    flow_loss_reference,
+    latent_targets_reference,
+)
 from soar_fast.soar import weighted_mse
 from tests.kernels._data import CFG_SCALE, GRID, NOISE_SCALE, latents, layout
 from tests.kernels.conftest import SHAPE_REQUIRED, SHAPE_SMALL

@@ -1,13 +1,16 @@
-"""Shared by the CLIP-based scorers: local loading, the two image preprocessings, projected features."""
+"""Shared by the CLIP-based scorers: local loading, the two image preprocessings, projected features,
+and `ClipSimilarity`, the one loading and scoring path of CLIPScore and PickScore."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from soar_fast.eval.scorers import ScorerUnavailable, to_uint8_hwc
+from soar_fast.config import EvalConfig
+from soar_fast.eval.scorers import Scorer, ScorerUnavailable, to_uint8_hwc, weight_path
 
 
 def load_clip(path: str, scorer: str, key: str, device: torch.device, *, processor_path: str | None = None
@@ -71,3 +74,40 @@ def pixels_via_tensor(processor: Any, model: Any, images: torch.Tensor, device: 
     mean = torch.tensor(ip.image_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(ip.image_std, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+class ClipSimilarity(Scorer):
+    """A scorer that is a function of cos(image, prompt) under one CLIP model from a local folder.
+
+    A subclass names its weights (`name` is also the `eval.weights` key), where a processor may come
+    from (`processor_key`), its image preprocessing (`tensor_pixels`) and `from_cosine`."""
+
+    what: ClassVar[str] = "a local CLIP folder"
+    processor_key: ClassVar[str | None] = None
+    processor_what: ClassVar[str] = ""
+    tensor_pixels: ClassVar[bool] = False
+    """True: the reference's float-tensor preprocessing; False: its PIL/uint8 CLIPProcessor path."""
+
+    def __init__(self, model: Any, processor: Any, device: torch.device) -> None:
+        self.model, self.processor, self.device = model, processor, device
+
+    @classmethod
+    def load(cls, cfg: EvalConfig, device: torch.device) -> ClipSimilarity:
+        path = weight_path(cfg, cls.name, cls.name, cls.what, kind="dir")
+        proc = None
+        if cls.processor_key and cfg.weights.get(cls.processor_key):
+            proc = weight_path(cfg, cls.processor_key, cls.name, cls.processor_what, kind="dir")
+        return cls(*load_clip(path, cls.name, f"eval.weights.{cls.name}", device, processor_path=proc), device)
+
+    def from_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
+        return cosine
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: Sequence[str],
+              metadata: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        pixels = (pixels_via_tensor(self.processor, self.model, images, self.device) if self.tensor_pixels
+                  else pixels_via_processor(self.processor, images, self.device))
+        img = F.normalize(image_features(self.model, pixels).float(), dim=-1)
+        txt = F.normalize(text_features(self.model, **tokenize(self.processor, self.model, list(prompts),
+                                                                self.device)).float(), dim=-1)
+        return {self.keys[0]: self.from_cosine((img * txt).sum(-1)).tolist()}

@@ -7,35 +7,11 @@ cosine. Weights: `eval.weights.clipscore` = a local `openai/clip-vit-large-patch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-
-from soar_fast.config import EvalConfig
-from soar_fast.eval.scorers import Scorer, weight_path
-from soar_fast.eval.scorers._clip import image_features, load_clip, pixels_via_tensor, text_features, tokenize
+from soar_fast.eval.scorers._clip import ClipSimilarity
 
 
-class ClipScore(Scorer):
+class ClipScore(ClipSimilarity):
     name = "clipscore"
     keys = ("clipscore",)
-
-    def __init__(self, model: Any, processor: Any, device: torch.device) -> None:
-        self.model, self.processor, self.device = model, processor, device
-
-    @classmethod
-    def load(cls, cfg: EvalConfig, device: torch.device) -> ClipScore:
-        path = weight_path(cfg, "clipscore", cls.name, "a local CLIP ViT-L/14 folder "
-                           "(huggingface.co/openai/clip-vit-large-patch14)", kind="dir")
-        return cls(*load_clip(path, cls.name, "eval.weights.clipscore", device), device)
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: Sequence[str],
-              metadata: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-        pixels = pixels_via_tensor(self.processor, self.model, images, self.device)
-        img = F.normalize(image_features(self.model, pixels).float(), dim=-1)
-        txt = F.normalize(text_features(self.model, **tokenize(self.processor, self.model, list(prompts),
-                                                                self.device)).float(), dim=-1)
-        return {"clipscore": (img * txt).sum(-1).tolist()}
+    what = "a local CLIP ViT-L/14 folder (huggingface.co/openai/clip-vit-large-patch14)"
+    tensor_pixels = True

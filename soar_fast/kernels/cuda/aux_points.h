@@ -1,4 +1,4 @@
-// Per-vector body of the fused aux-point kernel (SPEC.md §1, step 4). Everything here is
+// Per-vector body of the fused aux-point kernel (docs/objective.md §3, step 4). Everything here is
 // __host__ __device__ so soar_fused_aux_points_host can run the very same code on a CPU in tests.
 #pragma once
 
@@ -140,7 +140,7 @@ struct AuxArgs {
   float cps_sin;  // sin(η·π/2), computed once on the host in double
 };
 
-// Per-sample scalars of one stochastic rollout step (SPEC.md §1 "Rollout step kinds"), grouped in
+// Per-sample scalars of one stochastic rollout step (docs/objective.md §4), grouped in
 // the same order as kernels/cfg_rollout.py::rollout_math so the three backends round alike.
 // Δ = σ1 − σ0 < 0.
 struct StepCoef {

@@ -16,7 +16,7 @@ extern "C" {
 enum SoarDtype { SOAR_FLOAT32 = 0, SOAR_BFLOAT16 = 1 };
 enum SoarRolloutKind { SOAR_ODE = 0, SOAR_SIMPLE = 1, SOAR_SDE = 2, SOAR_FLOW_SDE = 3, SOAR_CPS = 4 };
 
-/* Fused CFG + aux points (SPEC.md §1, step 4), one pass over the inputs.
+/* Fused CFG + aux points (docs/objective.md §3, step 4), one pass over the inputs.
  * z_t0, v_u, v_c, z0, z1: (B, chw) in in_dtype. path_noise: (P-1, B, chw) in in_dtype, or NULL when
  * P == 1 or kind == SOAR_ODE. sigma0, sigma1: (B,) float32. sigma_prime: (N,) float32.
  * row_table: (B, P, K) int32, output row or -1 (left out); every row 0..N-1 must appear once.

@@ -1,4 +1,4 @@
-"""The trainer's sharded checkpoints: what goes where, on save and on resume (layout in `dcp.py`).
+"""The trainer's sharded checkpoints: what goes where, on save and on resume (layout in `parallel/dcp.py`).
 
 Used when `parallel.strategy = "fsdp2"` or more than one process (`uses_sharded_checkpoints`); a
 sharded checkpoint is read whatever the current strategy and world size (a one-process run included).
@@ -21,12 +21,26 @@ from typing import Any
 
 import torch
 
-from ..config import ParallelConfig
-from .dcp import atomic_folder, is_sharded_state, load_sharded_state, save_sharded_state, saved_world
-from .env import Dist
-from .export import export_transformer
-from .seeds import fresh_root_seed
-from .wrap import unwrap
+from soar_fast.config import ParallelConfig
+from soar_fast.parallel.dcp import (
+    atomic_folder,
+    is_sharded_state,
+    load_sharded_state,
+    save_sharded_state,
+    saved_world,
+)
+from soar_fast.parallel.env import Dist
+from soar_fast.parallel.export import export_transformer
+from soar_fast.parallel.wrap import unwrap
+from soar_fast.seeds import fresh_root_seed
+from soar_fast.train.checkpoint import (
+    Checkpoint,
+    checkpoints_dir,
+    load_state,
+    prune_checkpoints,
+    read_transformer_weights,
+    remove_partial_saves,
+)
 
 __all__ = ["is_sharded_checkpoint", "restore_full_checkpoint", "restore_sharded_checkpoint",
            "save_sharded_checkpoint", "uses_sharded_checkpoints"]
@@ -46,8 +60,6 @@ def is_sharded_checkpoint(path: str) -> bool:
 def save_sharded_checkpoint(trainer: Any, output_dir: str, step: int, *, total_limit: int | None = None) -> str:
     """Collective: write `checkpoints/step-<step>` atomically (all ranks write, rank 0 renames), then
     prune to `total_limit` on rank 0. Returns the folder."""
-    from soar_fast.train.checkpoint import checkpoints_dir, prune_checkpoints, remove_partial_saves
-
     d: Dist = trainer.dist
     if d.is_main:
         remove_partial_saves(output_dir)
@@ -101,8 +113,6 @@ def restore_full_checkpoint(trainer: Any, path: str) -> None:
     state and keeps its part. Rank 0 continues the saved RNG streams; other ranks start fresh ones
     from (train.seed, step, rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    from soar_fast.train.checkpoint import Checkpoint, load_state, read_transformer_weights
 
     d: Dist = trainer.dist
     state = load_state(Checkpoint(0, path))

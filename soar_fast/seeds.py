@@ -1,7 +1,7 @@
 """One root seed, one independent random stream per (rank, stream).
 
 The reference calls `set_seed(seed)` on every rank, so every GPU draws the same t0, z1, aux fractions
-and posterior noise (reference-notes §3.1, §8.2): W GPUs see only B distinct noise draws per step.
+and posterior noise (docs/objective.md §8): W GPUs see only B distinct noise draws per step.
 Here a stream's seed is a hash of (root seed, rank, stream name[, extra ints]), so
 - ranks never share draws, and streams of one rank are unrelated (no `seed + rank` collisions:
   `seed=1, rank=0` and `seed=0, rank=1` give different streams);
@@ -9,8 +9,9 @@ Here a stream's seed is a hash of (root seed, rank, stream name[, extra ints]), 
 - streams that must agree across ranks use `rank=SHARED`. (The data order needs none: the bucket
   sampler seeds one generator from (seed, epoch) on every rank and slices disjoint shards from it.)
 
-`derive_seed(seed, rank, name, *extra)` is `train.rng.stream_seed`, the one formula; the trainer's
-`RngStreams(seed, rank, device)` holds the generators.
+`stream_seed(seed, rank, name, *extra)` is the one formula; the trainer's `RngStreams(seed, rank,
+device)` (`train/rng.py`) holds the generators. A leaf (standard library only): the trainer and the
+distributed code both import it.
 
 Resuming with more ranks than the checkpoint had: rank r ≥ W_saved has no saved RNG state. It gets
 `RngStreams(fresh_root_seed(seed, step), r, device)`: deterministic for (seed, step, r), distinct across
@@ -20,14 +21,22 @@ saved state, so a resume on the same number of ranks is bit-exact.
 
 from __future__ import annotations
 
-from soar_fast.train.rng import stream_seed as derive_seed
+import hashlib
 
-__all__ = ["SHARED", "derive_seed", "fresh_root_seed"]
+__all__ = ["SHARED", "fresh_root_seed", "stream_seed"]
 
 SHARED = -1
 """The `rank` of a stream that every rank must draw identically."""
 
 
+def stream_seed(seed: int, rank: int, name: str, *extra: int) -> int:
+    """A 63-bit seed for stream `name` of `rank` (and optional extra ints); stable across processes,
+    runs and platforms (sha256, not the salted `hash()`)."""
+    key = "/".join(["soar-fast", str(int(seed)), str(int(rank)), name, *(str(int(e)) for e in extra)])
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def fresh_root_seed(seed: int, step: int) -> int:
     """The root seed of ranks that a checkpoint written at `step` did not have."""
-    return derive_seed(seed, SHARED, "resume", step)
+    return stream_seed(seed, SHARED, "resume", step)
