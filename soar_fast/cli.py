@@ -3,7 +3,9 @@
 Thin on purpose: every subcommand lives in its own module, imported only when called, so a config
 error is reported before torch is even imported, and a subcommand whose module is missing says so
 without breaking the others. Exit codes: 0 ok, 1 failed run (bad data, non-finite loss), 2 usage
-or config error (one line, no traceback).
+or config error. The one error boundary is `main`: a `UserError` (what the product raises on purpose:
+config, model folder, data, scorer weights, an existing output) is one line with its exit code; any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from soar_fast import __version__
-from soar_fast.config_io import ConfigError, dump_config, load_config, split_overrides
+from soar_fast.config_io import dump_config, load_config, split_overrides
+from soar_fast.errors import OutputExistsError, UserError
 
 # command -> "module:function"; each function is called as fn(cfg, args) and returns an exit code.
 COMMANDS = {
@@ -36,7 +39,7 @@ OVERRIDE_HELP = ("any config field as --section.key=value (e.g. --train.max_step
                  "comma-separated, dict entries --eval.weights.NAME=PATH, Optional fields take 'none'")
 
 
-class CommandUnavailable(Exception):
+class CommandUnavailable(UserError):
     """The module behind a subcommand is not in this build."""
 
 
@@ -121,8 +124,16 @@ def setup_logging() -> None:
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"soar-fast: error: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"soar-fast: error: {line}", file=sys.stderr)
     return code
+
+
+def _export_preset(name: str, directory: str) -> None:
+    if os.path.exists(directory) and not (os.path.isdir(directory) and not os.listdir(directory)):
+        raise OutputExistsError(f"{directory} already exists: preset export writes a new folder (choose "
+                                "another path, or remove this one first)")
+    _resolve(PRESET_EXPORTS[name])(directory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,9 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "data":
         command = f"data {args.data_command}"
     try:
-        cfg = load_config(getattr(args, "config", None), overrides)
-    except ConfigError as e:
-        return _fail(2, str(e))
+        return _run(command, args, overrides)
+    except CommandUnavailable as e:
+        return _fail(e.exit_code, f"'{command}' is not available: {e}")
+    except UserError as e:
+        return _fail(e.exit_code, str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one already asked for a clean stop
+        return _fail(130, "interrupted")
+
+
+def _run(command: str, args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = load_config(getattr(args, "config", None), overrides)
     if command == "preset":
         if overrides:
             return _fail(2, "preset export takes no config overrides")
@@ -151,23 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_third_party()
     setup_logging()
-    try:
-        if command == "preset":
-            _resolve(PRESET_EXPORTS[args.name])(args.dir)
-            print(f"wrote {args.name} to {args.dir}")
-            return 0
-        return int(_resolve(COMMANDS[command])(cfg, args) or 0)
-    except CommandUnavailable as e:
-        return _fail(1, f"'{command}' is not available: {e}")
-    except ConfigError as e:
-        return _fail(2, str(e))
-    except KeyboardInterrupt:  # a second Ctrl-C: the first one already asked for a clean stop
-        return _fail(130, "interrupted")
-    except Exception as e:
-        # One line, no traceback, for the failures a user can act on (named place, named step).
-        if type(e).__name__ in ("DataError", "NonFiniteLossError"):
-            return _fail(1, str(e))
-        raise
+    if command == "preset":
+        _export_preset(args.name, args.dir)
+        print(f"wrote {args.name} to {args.dir}")
+        return 0
+    return int(_resolve(COMMANDS[command])(cfg, args) or 0)
 
 
 if __name__ == "__main__":

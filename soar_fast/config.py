@@ -5,12 +5,27 @@ the defaults are the embedded demo (tiny model, generated data, CPU-sized); the 
 values are kept wherever the reference has one (docs/objective.md §9), and a field whose
 demo value differs from the reference says so. Loading, overrides and error reporting live in
 `config_io.py`; each component receives only its own section.
+
+A field with limits declares them beside it, `name: int = ruled(default, at_least(1))` (rule types in
+`config_rules.py`); every rule is checked when the config is loaded, and the property test of
+tests/test_config_rules.py covers a newly ruled field without new test code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from soar_fast.config_rules import (
+    DEMO_WIDEST_ASPECT,
+    FINITE,
+    above,
+    at_least,
+    between,
+    demo_fills_a_batch,
+    image_side,
+    ruled,
+)
 
 
 @dataclass
@@ -21,14 +36,14 @@ class RunConfig:
     """Run name shown in logs and TensorBoard."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: `auto` = CUDA when available, else CPU."""
-    cpu_threads: int = 1
+    cpu_threads: int = ruled(1, at_least(0))
     """torch intra-op CPU threads (0 = torch's default, one per core). 1 because the demo's tiny
     matrices gain nothing from more, while spin-waiting OpenMP threads on a busy 2-core machine made
     a demo step 15x slower (measured 0.25 s with 1 thread vs 3.9 s with 2)."""
     overwrite: bool = False
-    """Start a fresh run in an `output_dir` that already holds checkpoints, deleting that run's
-    checkpoints/, transformer/, metrics.jsonl, tensorboard/ and plots/. Without it (and without
-    `--resume`) such a folder is an error, so a finished run is never overwritten by accident."""
+    """Start a fresh run in an `output_dir` that already holds checkpoints or an exported `transformer/`,
+    deleting that run's checkpoints/, transformer/, metrics.jsonl, tensorboard/ and plots/. Without it
+    such a folder is an error, so a finished run is never overwritten by accident."""
 
 
 @dataclass
@@ -42,7 +57,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the exported final `transformer/`. Training always keeps fp32 master weights (and
     checkpoints store them, for exact resume); bf16 compute is `train.mixed_precision`."""
-    resolution: int = 64
+    resolution: int = ruled(64, image_side(widest_aspect=DEMO_WIDEST_ASPECT))
     """Image side in pixels for the built-in demo data and for benchmark inputs (reference: 512)."""
 
 
@@ -52,58 +67,58 @@ class DataConfig:
     """Reference-format JSONL (md5, caption_en, bw, bh per line). None = the generated demo set."""
     image_dir: str | None = None
     """Folder holding `<md5>.jpg|.png|.webp`. Defaults to the JSONL's folder."""
-    batch_size: int = 4
+    batch_size: int = ruled(4, at_least(1))
     """Samples per process per micro-step (reference: 4 per GPU)."""
-    num_workers: int = 0
+    num_workers: int = ruled(0, at_least(0))
     """DataLoader worker processes (reference: 8)."""
     random_flip: bool = False
     """Horizontal flip with p = 0.5 (reference default: off)."""
-    max_sequence_length: int = 77
+    max_sequence_length: int = ruled(77, at_least(1))
     """T5 tokens in the prompt embedding (reference training: 77; its evaluation used 256)."""
     cache: str | None = None
     """Folder of cached text embeddings and VAE posteriors written by `soar-fast cache`. When set,
     training loads neither text encoders nor the VAE."""
     on_bad_sample: Literal["skip", "error"] = "skip"
     """A bad JSONL line or unreadable image: drop it and list it in data_report.json, or stop."""
-    cond_dropout_rate: float = 0.0
+    cond_dropout_rate: float = ruled(0.0, between(0, 1))
     """Per-sample probability of training on the empty prompt (reference: whole batch, default 0)."""
-    demo_size: int = 64
+    demo_size: int = ruled(64, demo_fills_a_batch())
     """Number of images generated for the embedded demo data set."""
     encoder_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype the text encoders run in and embeddings are cached in (reference: bf16 under mixed
     precision). The VAE always encodes in float32, as in the reference."""
-    encode_batch_size: int = 16
+    encode_batch_size: int = ruled(16, at_least(1))
     """Images/captions per encoder forward in `soar-fast cache` and the demo's one-off encoding."""
-    cache_shard_size: int = 256
+    cache_shard_size: int = ruled(256, at_least(1))
     """Samples per cache shard (one safetensors file, one bucket); the unit of resume and of the
     rank/world split of `soar-fast cache`."""
 
 
 @dataclass
 class SoarConfig:
-    trajectory_length: int = 6
+    trajectory_length: int = ruled(6, at_least(1))
     """K: auxiliary points per path and sample."""
-    num_rollout_paths: int = 1
+    num_rollout_paths: int = ruled(1, at_least(1))
     """P: path 0 is the ODE rollout; paths 1..P-1 use `rollout_kind` with fresh noise."""
-    num_sampling_steps: int = 40
+    num_sampling_steps: int = ruled(40, at_least(1))
     """S: the rollout moves t by 1/S (unshifted time)."""
-    cfg_scale: float = 4.5
+    cfg_scale: float = ruled(4.5, FINITE)
     """Guidance scale w of the rollout step."""
-    lambda_aux: float = 1.0
+    lambda_aux: float = ruled(1.0, at_least(0))
     """Weight λ of the auxiliary loss in the global mean."""
     weighting_scheme: Literal["logit_normal", "mode", "cosmap", "uniform", "sigma_sqrt"] = "logit_normal"
     """Timestep density for t0 and the matching per-sample loss weight."""
-    logit_mean: float = 0.0
+    logit_mean: float = ruled(0.0, FINITE)
     """Mean of the logit-normal t0 density."""
-    logit_std: float = 1.0
+    logit_std: float = ruled(1.0, above(0))
     """Std of the logit-normal t0 density."""
-    mode_scale: float = 1.29
+    mode_scale: float = ruled(1.29, FINITE)
     """Scale of the `mode` density."""
     rollout_kind: Literal["ode", "simple", "sde", "flow_sde", "cps"] = "flow_sde"
     """Step of the stochastic paths (reference flag `sde_rollout_type`)."""
-    noise_scale: float = 0.5
+    noise_scale: float = ruled(0.5, at_least(0))
     """η of the stochastic rollout kinds (reference flag `sde_noise_scale`)."""
-    sigma_upper_ratio: float | None = None
+    sigma_upper_ratio: float | None = ruled(None, at_least(1))
     """r: aux σ' spans [σ1, min(r·σ0, 1)]. None = up to 1, the reference's actual behaviour."""
     timestep_mode: Literal["grid", "continuous"] = "grid"
     """Model timestep of aux points: the reference's grid round trip, or exactly N·σ'."""
@@ -111,31 +126,31 @@ class SoarConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-5
+    lr: float = ruled(2e-5, above(0))
     """Peak learning rate (reference: 2e-5 constant)."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = ruled((0.9, 0.999), between(0, 1, hi_open=True))
     """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    weight_decay: float = 1e-4
+    eps: float = ruled(1e-8, above(0))
+    """AdamW epsilon (0 would divide by zero where a gradient is zero)."""
+    weight_decay: float = ruled(1e-4, at_least(0))
     """AdamW decoupled weight decay (reference code 1e-4; its README uses 1e-2)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = ruled(1.0, at_least(0))
     """Global gradient-norm clip; 0 disables clipping."""
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     """Learning-rate schedule, stepped once per optimizer step."""
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = ruled(0, at_least(0))
     """Linear warm-up steps for schedules that have one."""
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 200
+    max_steps: int = ruled(200, at_least(1))
     """Optimizer steps to train (reference: 5000)."""
-    seed: int = 42
+    seed: int = ruled(42, at_least(0))
     """Root seed; every random stream (timesteps, noise, aux fractions, data order) derives from it."""
-    log_every: int = 10
+    log_every: int = ruled(10, at_least(1))
     """Read losses to the host and log every this many steps (steps in between never read them)."""
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = ruled(1, at_least(1))
     """Micro-batches per optimizer step."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast for the transformer forward/backward."""
@@ -145,9 +160,9 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 100
+    every: int = ruled(100, at_least(0))
     """Save a checkpoint every this many steps (0 = only at the end; reference: 500)."""
-    total_limit: int | None = None
+    total_limit: int | None = ruled(None, at_least(1))
     """Keep at most this many `checkpoints/step-N` folders (oldest removed first)."""
 
 
@@ -160,7 +175,7 @@ class AccelConfig:
     """Reuse the main forward's detached output as the conditional CFG branch."""
     batched_aux: bool = True
     """All aux points in one forward instead of K serial forwards."""
-    aux_chunk: int = 0
+    aux_chunk: int = ruled(0, at_least(0))
     """Largest aux forward batch (0 = all at once); backward per chunk is exact."""
     fuse_main_into_aux: bool = False
     """Run the main batch in the same grad forward as the (first chunk of the) aux points: one larger
@@ -182,8 +197,9 @@ class AccelConfig:
     """Optimizer state precision (low-bit states from torchao)."""
     grad_checkpointing: Literal["none", "full", "selective"] = "none"
     """Activation checkpointing of transformer blocks."""
-    fused_kernels: bool = True
-    """Fused CFG + aux-points + loss kernels (Triton on CUDA; eager twins on CPU)."""
+    fused_kernels: bool | None = None
+    """Fused CFG + aux-points + loss kernels (Triton on CUDA; their eager twins on CPU). None = on with
+    CUDA, off on CPU, where the plain eager math is the faster exact path (the twins pay custom-op dispatch)."""
     aux_kernel: Literal["auto", "triton", "cuda", "eager"] = "auto"
     """Implementation of the fused aux-points kernel."""
 
@@ -196,7 +212,7 @@ class LogConfig:
     """Show a progress bar."""
     plot: bool = True
     """Refresh `plots/loss.png` at each checkpoint and at the end."""
-    sample_every: int = 0
+    sample_every: int = ruled(0, at_least(0))
     """Render the fixed prompt grid every this many steps (0 = never)."""
     plan_memory: bool | None = None
     """Log the step's predicted peak memory at start-up (`soar-fast plan`'s fake-tensor step) and, on
@@ -209,7 +225,7 @@ class LogConfig:
 class ParallelConfig:
     strategy: Literal["none", "ddp", "fsdp2"] = "none"
     """Data parallelism across processes started by torchrun."""
-    timeout_s: int = 600
+    timeout_s: int = ruled(600, at_least(1))
     """Collective timeout: a failed rank ends the group instead of hanging it."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; `auto` = NCCL on CUDA, gloo on CPU."""
@@ -231,9 +247,9 @@ class EvalConfig:
     """Prompt file (docs/eval.md says where to get the benchmark sets). None = `prompt_list`."""
     prompt_list: list[str] = field(default_factory=list)
     """Prompts given in the config itself, used when `prompts` is not set."""
-    limit: int = 0
+    limit: int = ruled(0, at_least(0))
     """Use only the first N rows (0 = all)."""
-    images_per_prompt: int = 1
+    images_per_prompt: int = ruled(1, at_least(1))
     """Images sampled per prompt row (each with its own seed)."""
     scorers: list[str] = field(default_factory=list)
     """Scorers to run (comma-separated on the command line): clipscore, pickscore, aesthetic, hpsv2,
@@ -243,17 +259,17 @@ class EvalConfig:
     geneval_command: str | None = None
     """Shell command running GenEval's detector on the saved images; placeholders {images}, {results},
     {weights} (docs/eval.md)."""
-    steps: int = 40
+    steps: int = ruled(40, at_least(1))
     """Sampler steps (reference evaluation: 40)."""
-    cfg_scale: float = 4.5
+    cfg_scale: float = ruled(4.5, FINITE)
     """Guidance scale with an empty-string negative prompt (reference evaluation: 4.5); <= 1 = no CFG."""
-    resolution: int = 512
+    resolution: int = ruled(512, image_side())
     """Square image side in pixels."""
-    max_sequence_length: int = 256
+    max_sequence_length: int = ruled(256, at_least(1))
     """T5 tokens at sampling time (reference evaluation: 256; its training: 77)."""
-    batch_size: int = 8
+    batch_size: int = ruled(8, at_least(1))
     """Images per sampler batch (with CFG, twice as many transformer rows)."""
-    seed: int = 0
+    seed: int = ruled(0, at_least(0))
     """Base seed; image i of row r uses seed + r * images_per_prompt + i."""
     checkpoint: str | None = None
     """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
@@ -263,7 +279,7 @@ class EvalConfig:
     """Transformer, text encoder and VAE dtype: auto = bfloat16 on CUDA, float32 on CPU."""
     preview_prompts: list[str] = field(default_factory=list)
     """Training previews (`log.sample_every`): prompts of the grid; empty = a built-in list of four."""
-    preview_steps: int = 20
+    preview_steps: int = ruled(20, at_least(1))
     """Training previews: sampler steps (at `model.resolution`, `cfg_scale`, seeds `seed`...)."""
 
 

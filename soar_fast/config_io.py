@@ -28,6 +28,8 @@ import typing
 from typing import Any, Literal, Union
 
 from soar_fast.config import Config
+from soar_fast.config_rules import CROSS_RULES, rule_of
+from soar_fast.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,8 +41,11 @@ _TRUE_WORDS = ("true", "1", "yes", "on")
 _FALSE_WORDS = ("false", "0", "no", "off")
 
 
-class ConfigError(ValueError):
-    """A config problem the user can fix; the message names the key path or file:line."""
+class ConfigError(UserError, ValueError):
+    """A config problem the user can fix; the message names the key path or file:line (one line per
+    problem: `check_values` reports every bad value at once)."""
+
+    exit_code = 2
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -243,13 +248,41 @@ def _apply_override(cfg: Config, item: str) -> None:
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then each `--section.key=value` override."""
+    """Defaults, then the TOML file at `path` (if any), then each `--section.key=value` override;
+    then every value rule (`check_values`)."""
     cfg = Config()
     if path is not None:
         _apply_table(cfg, read_toml(path), path)
     for item in overrides:
         _apply_override(cfg, item)
+    check_values(cfg)
     return cfg
+
+
+def violations(cfg: Config) -> list[str]:
+    """One line per value that breaks its field's rule (config.py) or a cross-field rule, in field order:
+    `<key> = <value>: must be <what is allowed>`."""
+    lines = []
+    for sname in _sections():
+        section = getattr(cfg, sname)
+        for f in dataclasses.fields(section):
+            rule = rule_of(f)
+            value = getattr(section, f.name)
+            allowed = rule.check(value, cfg) if rule is not None else None
+            if allowed is not None:
+                lines.append(f"{sname}.{f.name} = {_toml_value(value)}: must be {allowed}")
+    for cross in CROSS_RULES:
+        if not cross.test(cfg):
+            sname, key = cross.key.split(".")
+            lines.append(f"{cross.key} = {_toml_value(getattr(getattr(cfg, sname), key))}: must be {cross.allowed}")
+    return lines
+
+
+def check_values(cfg: Config) -> None:
+    """ConfigError listing every violation (see `violations`), or nothing."""
+    lines = violations(cfg)
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

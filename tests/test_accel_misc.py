@@ -42,6 +42,7 @@ def test_optimizer_choices():
     p = [torch.nn.Parameter(torch.randn(64, 64))]
     opt = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.1), p, state="adamw")
     assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.1
+    pytest.importorskip("torchao", reason="the low-bit optimizers need torchao (not in every GPU image)")
     from torchao.optim import AdamW8bit, AdamWFp8
 
     assert isinstance(build_optimizer(OptimConfig(lr=1e-3), p, state="adamw8bit"), AdamW8bit)
@@ -63,6 +64,11 @@ def test_telemetry_absent_without_noise_on_cpu(capsys):
 def test_resolve_auto_and_reference():
     fast = resolve_accel(dataclasses.replace(AccelConfig(), compile=None, cuda_graphs=None), "cpu")
     assert fast.compile is False and fast.cuda_graphs is False
+    # The elementwise work: plain eager on CPU (faster than the kernels' eager twins), kernels on CUDA;
+    # an explicit choice is kept.
+    assert resolve_accel(AccelConfig(), "cpu").fused_kernels is False
+    assert resolve_accel(AccelConfig(), "cuda").fused_kernels is True
+    assert resolve_accel(AccelConfig(fused_kernels=True), "cpu").fused_kernels is True
     ref = resolve_accel(AccelConfig(mode="reference"), "cpu")
     assert (ref.rollout_reuse_cond, ref.rollout_grad, ref.batched_aux, ref.fused_kernels, ref.grad_checkpointing,
             ref.optimizer) == (False, True, False, False, "reference", "adamw")

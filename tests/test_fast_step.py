@@ -180,3 +180,30 @@ def test_compile_switch(monkeypatch):
 def test_compile_switch_inductor():
     torch._dynamo.reset()
     check(dataclasses.replace(ALL_OFF, **ALL_CPU, compile=True))
+
+
+@pytest.mark.parametrize("aux_kernel", ["auto", "eager"])
+def test_fused_aux_loss_recomputes_targets_from_latents(aux_kernel, monkeypatch):
+    # With the fused kernels the aux kernel writes no targets and the loss recomputes them from the
+    # float32 latents (kernels/flow_loss.py): same loss and gradients as the eager objective.
+    import soar_fast.kernels.flow_loss as flow_loss_mod
+
+    calls = []
+    real = flow_loss_mod.flow_loss_from_latents
+
+    def counted(pred, latents, *args, **kwargs):
+        calls.append(pred.shape[0])
+        return real(pred, latents, *args, **kwargs)
+
+    monkeypatch.setattr(flow_loss_mod, "flow_loss_from_latents", counted)
+    accel = dataclasses.replace(ALL_OFF, batched_aux=True, aux_chunk=5, fused_kernels=True, aux_kernel=aux_kernel)
+    check(accel, paths=2)
+    # Every aux row went through the recomputed-target loss, chunk by chunk (P = 2: 12 + up to 12 rows).
+    assert len(calls) >= 3 and 12 < sum(calls) <= 24
+
+    forward = velocity_fn(tiny_model())
+    fns = apply_accel(tiny_model(), StepFns(forward=forward, rollout_forward=forward), accel, device="cpu")
+    z0, _, _, _, _, draws = batch(2)
+    v = torch.zeros_like(z0)
+    pts = fns.cfg_aux(z0, v, v, z0, draws, SigmaGrid(), soar_cfg(2))
+    assert pts.targets is None and pts.latents.dtype == torch.float32

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "soar_fast"
 
 # Modules that import nothing of soar_fast but other leaves: config, the objective, the kernels, and
 # the small helpers shared across layers.
-LEAVES = ("soar_fast.config", "soar_fast.config_io", "soar_fast.seeds", "soar_fast.atomic", "soar_fast.checkout",
+LEAVES = ("soar_fast.config", "soar_fast.config_io", "soar_fast.config_rules", "soar_fast.errors",
+          "soar_fast.models.presets", "soar_fast.seeds", "soar_fast.atomic", "soar_fast.checkout",
           "soar_fast.train.phases", "soar_fast.soar", "soar_fast.kernels")
 # Subcommand modules: only the CLI (or another command) may import them.
 COMMANDS = ("soar_fast.train.run", "soar_fast.train.profile", "soar_fast.data.cache", "soar_fast.data.check",
@@ -146,5 +147,5 @@ def test_only_the_cli_imports_commands():
 
 def test_the_cli_is_a_thin_top():
     # Subcommands are imported by name when called (`cli.COMMANDS`), so a config error needs no torch.
-    assert GRAPH["soar_fast.cli"] <= {"soar_fast", "soar_fast.config", "soar_fast.config_io"}
+    assert GRAPH["soar_fast.cli"] <= {"soar_fast", "soar_fast.config", "soar_fast.config_io", "soar_fast.errors"}
     assert all(name not in GRAPH[m] for m in MODULES for name in ("soar_fast.cli",) if m != "soar_fast.__main__")

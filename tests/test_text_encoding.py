@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from soar_fast.models.folder import ModelFolderError
 from soar_fast.models.text import CLIP_LENGTH, build_tiny_text_encoders, load_text_encoders, tiny_clip_widths
 from tests.tolerances import assert_close
 
@@ -58,5 +59,5 @@ def test_matches_diffusers_encode_prompt(tiny_dir: Path) -> None:
 
 def test_missing_folder_part_is_named(tmp_path: Path) -> None:
     (tmp_path / "text_encoder").mkdir()
-    with pytest.raises(FileNotFoundError, match="text_encoder_2"):
+    with pytest.raises(ModelFolderError, match="text_encoder_2"):
         load_text_encoders(tmp_path)

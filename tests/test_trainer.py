@@ -175,7 +175,7 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_output_dir):
     class Args:
         resume = None
 
-    with pytest.raises(ConfigError, match="already holds checkpoints"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         main_train(tiny_config(tmp_output_dir), Args())
 
 

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from soar_fast.config import AccelConfig
 
-from .attention import apply_attention, resolve_attention
+from .attention import apply_attention, attention_calls, resolve_attention
 from .checkpointing import apply_checkpointing, reference_checkpointing
 from .compile import apply_compile
 from .cuda_graphs import GraphedForward, apply_cuda_graphs
 from .float8 import apply_float8
 from .flops import ForwardFlops, StepWork, forward_flops, step_flops
-from .fused import fused_cfg_aux_fn, fused_step_pieces
+from .fused import fused_cfg_aux_fn, fused_step_pieces, kernel_name
 from .resolve import ResolvedAccel, check_switches, resolve_accel
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ __all__ = [
     "apply_compile",
     "apply_cuda_graphs",
     "apply_float8",
+    "attention_calls",
     "check_switches",
     "forward_flops",
     "fused_cfg_aux_fn",
@@ -66,7 +68,11 @@ __all__ = [
 
 @dataclass
 class AccelReport:
-    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`)."""
+    """What `apply_accelerations` did, for logs and benchmark rows (`as_dict`).
+
+    `attention` is the backend installed; `attention_ran` (in `as_dict`) is what the attention calls
+    so far actually ran, counted per call, read when asked (after a step it names the kernel and dtype).
+    """
 
     mode: str
     attention: str
@@ -82,9 +88,12 @@ class AccelReport:
     aux_kernel: str
     optimizer: str
     device: str = "cpu"
+    attention_ran: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "attention_ran"}
+        out["attention_ran"] = self.attention_ran() if self.attention_ran is not None else "not counted"
+        return out
 
     def summary(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
@@ -112,7 +121,7 @@ def apply_accelerations(transformer: torch.nn.Module, accel: AccelConfig | Resol
         rollout_reuse_cond=accel.rollout_reuse_cond, batched_aux=accel.batched_aux, aux_chunk=accel.aux_chunk,
         fuse_main_into_aux=accel.fuse_main_into_aux, fused_kernels=accel.fused_kernels,
         aux_kernel=(aux_kernel_name or accel.aux_kernel) if accel.fused_kernels else "off",
-        optimizer=accel.optimizer, device=str(device))
+        optimizer=accel.optimizer, device=str(device), attention_ran=lambda: attention_calls(transformer))
     log.info("accelerations: %s", report.summary())
     return report
 
@@ -123,12 +132,13 @@ def accelerate_step_fns(fns: Any, accel: AccelConfig | ResolvedAccel,
     device = torch.device(device)
     accel = resolve_accel(accel, device)
     changes: dict[str, Any] = {}
-    kernel_name = "off"
+    kernel = "off"
     if accel.fused_kernels:
-        changes["cfg_aux"], changes["flow_loss"], kernel_name = fused_step_pieces(accel.aux_kernel, device)
+        changes.update(fused_step_pieces(accel.aux_kernel, device))
+        kernel = kernel_name(accel.aux_kernel, device)
     if accel.cuda_graphs:
         changes["rollout_forward"], _ = apply_cuda_graphs(fns.rollout_forward, device)
-    return (dataclasses.replace(fns, **changes) if changes else fns), kernel_name
+    return (dataclasses.replace(fns, **changes) if changes else fns), kernel
 
 
 def apply_accel(model: torch.nn.Module, fns: Any, accel: AccelConfig | ResolvedAccel, *,
@@ -140,8 +150,8 @@ def apply_accel(model: torch.nn.Module, fns: Any, accel: AccelConfig | ResolvedA
     and kept on the model as `soar_accel_report`.
     """
     accel = resolve_accel(accel, device)
-    fns, kernel_name = accelerate_step_fns(fns, accel, device)
-    report = apply_accelerations(model, accel, device, aux_kernel_name=kernel_name,
+    fns, aux_name = accelerate_step_fns(fns, accel, device)
+    report = apply_accelerations(model, accel, device, aux_kernel_name=aux_name,
                                  float8_all_gather=float8_all_gather)
     # Not a parameter or buffer: invisible to state dicts and checkpoints.
     object.__setattr__(model, "soar_accel_report", report)

@@ -97,19 +97,73 @@ def resolve_attention(choice: AttentionChoice, device: torch.device | str, *,
     return AttentionBackend("sdpa")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
-    """Non-causal attention of q/k/v [B, S, H, D] → [B, S, H, D] on `backend`."""
-    if backend.fa3 is not None and q.dtype in (torch.float16, torch.bfloat16):
+_SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compute_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype | None:
+    """The one dtype attention runs in: the autocast dtype when autocast is on for q's device, else
+    None (inputs as they come). Under bf16 autocast with fp32 master weights, diffusers' RMS qk-norm
+    returns q and k in fp32 while v (a Linear output) is bf16; without this cast FA3 (fp16/bf16 only)
+    never ran and SDPA took the fp32 math path for mixed inputs."""
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+class AttentionCalls:
+    """Counts of the kernel each attention call actually ran, keyed "<kernel> <dtype>".
+
+    Eager calls name the SDPA backend torch picked (`torch._fused_sdp_choice`, under the same
+    backend list as the call); a call traced by torch.compile is counted on every run (dynamo replays
+    the side effect) as "<backend> (compiled)", because the choice is made inside the graph.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def summary(self) -> str:
+        return ", ".join(f"{k}×{n}" for k, n in sorted(self.counts.items())) or "no calls yet"
+
+
+def _sdpa_choice(qt, kt, vt) -> str:
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(qt, kt, vt, None, 0.0, False)).name.lower()
+    except Exception:  # noqa: BLE001 - a private probe: a torch without it still attends
+        return "sdpa (unprobed)"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: AttentionBackend,
+           calls: AttentionCalls | None = None) -> torch.Tensor:
+    """Non-causal attention of q/k/v [B, S, H, D] → [B, S, H, D] on `backend`, in `compute_dtype`."""
+    dtype = compute_dtype(q, k, v)
+    if dtype is not None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    dtypes = {_SHORT.get(t.dtype, str(t.dtype)) for t in (q, k, v)}
+    tag = dtypes.pop() if len(dtypes) == 1 else f"q={_SHORT.get(q.dtype)} k={_SHORT.get(k.dtype)} v={_SHORT.get(v.dtype)}"
+    compiling = torch.compiler.is_compiling()
+    if backend.fa3 is not None and q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype:
+        if calls is not None:
+            calls.add(f"fa3 {tag}")
         out = backend.fa3(q, k, v, causal=False)
         # FA3 builds differ: some return (out, softmax_lse), newer ones out only.
         return out[0] if isinstance(out, tuple) else out
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if backend.sdpa_backends is None:
+        if calls is not None:
+            calls.add(f"{'sdpa (compiled)' if compiling else _sdpa_choice(qt, kt, vt)} {tag}")
         out = F.scaled_dot_product_attention(qt, kt, vt, dropout_p=0.0, is_causal=False)
     else:
         from torch.nn.attention import sdpa_kernel
 
         with sdpa_kernel(list(backend.sdpa_backends), set_priority=len(backend.sdpa_backends) > 1):
+            if calls is not None:
+                calls.add(f"{backend.name + ' (compiled)' if compiling else _sdpa_choice(qt, kt, vt)} {tag}")
             out = F.scaled_dot_product_attention(qt, kt, vt, dropout_p=0.0, is_causal=False)
     return out.transpose(1, 2)
 
@@ -119,6 +173,7 @@ class SoarJointAttnProcessor:
 
     def __init__(self, backend: AttentionBackend) -> None:
         self.backend = backend
+        self.calls = AttentionCalls()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
@@ -145,13 +200,29 @@ class SoarJointAttnProcessor:
                 ck = attn.norm_added_k(ck)
             q, k, v = torch.cat([q, cq], dim=1), torch.cat([k, ck], dim=1), torch.cat([v, cv], dim=1)
 
-        out = attend(q, k, v, self.backend).reshape(batch, -1, heads * q.shape[-1]).to(q.dtype)
+        # Left in attention's dtype (diffusers casts back to q's): the output projection runs under the
+        # same autocast, so the fp32 round trip would only add two passes.
+        out = attend(q, k, v, self.backend, self.calls).reshape(batch, -1, heads * q.shape[-1])
         if encoder_hidden_states is not None:
             out, context = out[:, :n_img], out[:, n_img:]
             if not attn.context_pre_only:
                 context = attn.to_add_out(context)
         out = attn.to_out[1](attn.to_out[0](out))
         return (out, context) if encoder_hidden_states is not None else out
+
+
+def attention_calls(transformer: torch.nn.Module) -> str:
+    """What the attention layers actually ran so far, counted per call ("fa3 bf16×96", ...); diffusers'
+    own processor (`sdpa`) is not instrumented and says so."""
+    calls = {id(p.calls): p.calls for p in transformer.attn_processors.values()
+             if isinstance(p, SoarJointAttnProcessor)}
+    if not calls:
+        return "diffusers processor (not counted)"
+    merged = AttentionCalls()
+    for c in calls.values():
+        for key, n in c.counts.items():
+            merged.counts[key] = merged.counts.get(key, 0) + n
+    return merged.summary()
 
 
 def apply_attention(transformer: torch.nn.Module, choice: AttentionChoice, device: torch.device | str, *,

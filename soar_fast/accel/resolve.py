@@ -3,8 +3,14 @@
 This is the one place that reads `accel.mode`. `reference` means the reference's own setting, whatever
 the other switches say: grad-enabled [uncond; cond] rollout, K serial aux forwards, diffusers' full
 gradient checkpointing, default SDPA, eager step pieces, plain AdamW. `fast` takes the switches as
-given, with `compile` / `cuda_graphs` left at None decided by the hardware: on for CUDA, off on CPU
-(compiling the tiny CPU model costs more than the demo run). The trainer resolves once per build and
+given, with `compile` / `cuda_graphs` / `fused_kernels` left at None decided by the hardware: on for
+CUDA, off on CPU. Compiling the tiny CPU model costs more than the demo run. The fused kernels run
+their eager twins on CPU, and those are slower than the plain eager math they replace: CFG + aux
+points + main and aux loss, forward and backward, at the CPU benchmark's shape (B = 4, K = 6, 16×8×8
+latents, 1 thread), 400 interleaved rounds: 456 µs median (398 min) plain eager against 700 µs (610)
+for the twins, paired ratio 1.54 (custom-op dispatch and autograd-function overhead on tensors too
+small to amortise it; `bench/test_step_pieces.py` repeats the measurement: min 444 against 690 µs).
+So plain eager is the CPU default; an explicit `fused_kernels = true` runs the twins. The trainer resolves once per build and
 hands the result to the module switches, the step pieces, `step_options` and the optimizer.
 """
 
@@ -81,4 +87,5 @@ def resolve_accel(accel: AccelConfig | ResolvedAccel, device: torch.device | str
         cuda_graphs=on_cuda and (accel.cuda_graphs is None or bool(accel.cuda_graphs)),
         rollout_reuse_cond=accel.rollout_reuse_cond, rollout_grad=False, batched_aux=accel.batched_aux,
         aux_chunk=max(int(accel.aux_chunk), 0), fuse_main_into_aux=accel.fuse_main_into_aux,
-        fused_kernels=accel.fused_kernels, aux_kernel=accel.aux_kernel, optimizer=accel.optimizer, device=device)
+        fused_kernels=on_cuda if accel.fused_kernels is None else bool(accel.fused_kernels),
+        aux_kernel=accel.aux_kernel, optimizer=accel.optimizer, device=device)

@@ -19,6 +19,7 @@ from soar_fast.data.cache_writer import cache_complete, cache_fingerprint, write
 from soar_fast.data.check import world_of
 from soar_fast.data.model_dims import encoder_identity
 from soar_fast.data.report import summary, write_report
+from soar_fast.models.folder import check_model_folder
 
 
 def _device(rank: int) -> torch.device:
@@ -30,6 +31,7 @@ def _device(rank: int) -> torch.device:
 def main_cache(cfg: Config, args: Any = None) -> int:
     if not cfg.data.cache:
         raise ConfigError("data.cache: set the folder to write the cache into (--data.cache=DIR)")
+    check_model_folder(cfg.model.path, encodes=True, why="the cache holds their encodings")
     rank, world = world_of(args)
     output_dir = Path(cfg.run.output_dir)
     # A bad input raises DataError, which the CLI prints as one line (exit 1).

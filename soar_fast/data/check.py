@@ -12,6 +12,7 @@ from soar_fast.config import Config
 from soar_fast.config_io import ConfigError
 from soar_fast.data.build import report_of, scan_data
 from soar_fast.data.report import summary, write_report
+from soar_fast.models.folder import check_model_folder
 
 
 def world_of(args: Any) -> tuple[int, int]:
@@ -26,6 +27,7 @@ def world_of(args: Any) -> tuple[int, int]:
 
 
 def main_check(cfg: Config, args: Any = None) -> int:
+    check_model_folder(cfg.model.path, encodes=False)  # bucket sides follow the model's patch and VAE
     output_dir = Path(cfg.run.output_dir)
     _, world = world_of(args)
     # DataError: the CLI prints one line.

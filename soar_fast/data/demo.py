@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from soar_fast.config_rules import DEMO_WIDEST_ASPECT
+
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40),
     "orange": (245, 140, 30), "purple": (140, 60, 190), "white": (245, 245, 245), "black": (15, 15, 15),
@@ -23,7 +25,7 @@ SHAPES = ("circle", "square", "triangle", "ring", "cross")
 def demo_buckets(resolution: int) -> list[tuple[int, int]]:
     """A square bucket at `resolution` and a 5:3 landscape one, both multiples of 16."""
     side = max(16, resolution // 16 * 16)
-    wide = (max(16, round(side * 1.25 / 16) * 16), max(16, round(side * 0.75 / 16) * 16))
+    wide = (max(16, round(side * DEMO_WIDEST_ASPECT / 16) * 16), max(16, round(side * 0.75 / 16) * 16))
     return [(side, side), wide]
 
 

@@ -28,6 +28,9 @@ def image_problem(image_dir: Path, md5: str) -> tuple[Path | None, str | None]:
     """(path, None) for a readable image; (path or None, reason) otherwise."""
     path = find_image(image_dir, md5)
     if path is None:
+        folders = [image_dir / f"{md5}{ext}" for ext in IMAGE_EXTENSIONS if (image_dir / f"{md5}{ext}").is_dir()]
+        if folders:
+            return folders[0], f"{folders[0]} is a directory, not an image file"
         tried = ", ".join(f"{md5}{ext}" for ext in IMAGE_EXTENSIONS)
         return None, f"image not found in {image_dir} (tried {tried})"
     try:

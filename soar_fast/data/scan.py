@@ -35,7 +35,7 @@ def scan(jsonl: str | Path, image_dir: str | Path | None = None, *, policy: str 
     """Read `jsonl` and decode every image it names once (decoding is what finds truncated files)."""
     jsonl = Path(jsonl)
     if not jsonl.is_file():
-        raise DataError(f"{jsonl}: data.jsonl not found")
+        raise DataError(f"{jsonl}: data.jsonl " + ("is a directory, not a JSONL file" if jsonl.is_dir() else "not found"))
     image_dir = Path(image_dir) if image_dir else jsonl.parent
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: data.image_dir is not a folder")

@@ -25,11 +25,13 @@ from soar_fast.eval.partition import barrier, gather_records, merge_records, sha
 from soar_fast.eval.pipeline import load_pipeline
 from soar_fast.eval.sample import write_grid
 from soar_fast.eval.scorers import load_scorers
+from soar_fast.models.folder import check_model_folder
 
 log = logging.getLogger(__name__)
 
 
 def main_eval(cfg: Config, args: Any = None) -> int:
+    check_model_folder(cfg.model.path, encodes=True, why="sampling encodes prompts and decodes latents")
     e = cfg.eval
     out = cfg.run.output_dir
     rows = config_rows(e)

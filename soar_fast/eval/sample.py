@@ -20,6 +20,7 @@ from soar_fast.eval.generate import generate, plan_items, write_jsonl
 from soar_fast.eval.images import contact_sheet
 from soar_fast.eval.partition import barrier, gather_records, merge_records, shard
 from soar_fast.eval.pipeline import load_pipeline
+from soar_fast.models.folder import check_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def write_grid(output_dir: str, records: list[dict[str, Any]], name: str = "grid
 
 
 def main_sample(cfg: Config, args: Any = None) -> int:
+    check_model_folder(cfg.model.path, encodes=True, why="sampling encodes prompts and decodes latents")
     e = cfg.eval
     rows = config_rows(e)
     items = plan_items(rows, e.images_per_prompt, e.seed)

@@ -24,26 +24,31 @@ from soar_fast.kernels.dispatch import LIB, empty, kind_code, launch_block, tl, 
 
 
 @triton.jit
-def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, row_base, K, chw,
-                  offs, mask):
+def _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, row_base, chw, offs, mask,
+                  K: tl.constexpr, WRITE_TARGETS: tl.constexpr):
     """Re-noise one path endpoint towards z1 at K points and store latents and targets."""
-    for k in range(K):
+    for k in tl.static_range(K):
         row = tl.load(table_ptr + row_base + k)
         sp = tl.load(sp_ptr + tl.maximum(row, 0))  # row −1 loads row 0's σ' and stores nothing
         alpha = tl.minimum(tl.maximum((sp - s1) * inv_span, 0.0), 1.0)
         zp = (1.0 - alpha) * z1p + alpha * z1
-        tgt = (zp - z0) * tl.div_rn(1.0, sp)  # IEEE reciprocal: the eager twin's `1.0 / sp`
         # Compare as a vector: triton 3.9's interpreter rejects a mask built from a scalar predicate.
         m = mask & ((tl.zeros_like(offs) + row) >= 0)
         dst = row.to(tl.int64) * chw + offs
         tl.store(lat_ptr + dst, zp.to(lat_ptr.dtype.element_ty), mask=m)
-        tl.store(tgt_ptr + dst, tgt.to(tgt_ptr.dtype.element_ty), mask=m)
+        if WRITE_TARGETS:
+            tgt = (zp - z0) * tl.div_rn(1.0, sp)  # IEEE reciprocal: the eager twin's `1.0 / sp`
+            tl.store(tgt_ptr + dst, tgt.to(tgt_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp_ptr, table_ptr, noise_ptr,
-                       lat_ptr, tgt_ptr, cfg_scale, noise_scale, s_hat_one, B, P, K, chw,
-                       KIND: tl.constexpr, BLOCK: tl.constexpr):
+                       lat_ptr, tgt_ptr, cfg_scale, noise_scale, s_hat_one, B, chw,
+                       P: tl.constexpr, K: tl.constexpr, KIND: tl.constexpr, WRITE_TARGETS: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    # P and K are compile-time: the loops unroll (every store straight from registers), and triton
+    # 3.6's interpreter cannot take range() of a runtime scalar under numpy >= 2.4 (it calls int()
+    # on a 1-element array). Each (P, K) compiles once; a run keeps one.
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < chw
@@ -58,28 +63,35 @@ def _aux_points_kernel(z_ptr, vu_ptr, vc_ptr, z0_ptr, z1_ptr, s0_ptr, s1_ptr, sp
     s1 = tl.load(s1_ptr + b)
     inv_span = tl.div_rn(1.0, tl.maximum(1.0 - s1, 1e-8))
     z1p = rollout_math(z, v, z, s0, s1, noise_scale, s_hat_one, 0)  # path 0: ODE, noise unused
-    _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, b * P * K, K, chw,
-                  offs, mask)
-    for p in range(1, P):
+    _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, b * P * K, chw, offs, mask,
+                  K, WRITE_TARGETS)
+    for p in tl.static_range(1, P):
         nidx = ((p - 1) * B + b).to(tl.int64) * chw + offs
         eps = tl.load(noise_ptr + nidx, mask=mask, other=0.0).to(tl.float32)
         z1p = rollout_math(z, v, eps, s0, s1, noise_scale, s_hat_one, KIND)
-        _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, (b * P + p) * K, K,
-                      chw, offs, mask)
+        _write_points(z1p, z1, z0, s1, inv_span, table_ptr, sp_ptr, lat_ptr, tgt_ptr, (b * P + p) * K, chw,
+                      offs, mask, K, WRITE_TARGETS)
 
 
-def aux_outputs(z_t0: torch.Tensor, sigma_prime: torch.Tensor,
-                out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def aux_outputs(z_t0: torch.Tensor, sigma_prime: torch.Tensor, out_dtype: torch.dtype | None,
+                with_targets: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The (latents, targets) buffers every implementation fills: (N, C, H, W) with N = len(σ');
-    latents in `out_dtype or z_t0.dtype`, targets in `out_dtype or float32`."""
+    latents in `out_dtype or z_t0.dtype`, targets in `out_dtype or float32`. Without targets the
+    second buffer is a (0,) placeholder (a custom op returns tensors only)."""
     shape = (sigma_prime.shape[0],) + tuple(z_t0.shape[1:])
-    return (empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device),
-            empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device))
+    latents = empty(shape, dtype=out_dtype or z_t0.dtype, device=z_t0.device)
+    if not with_targets:
+        return latents, _no_targets(latents)
+    return latents, empty(shape, dtype=out_dtype or torch.float32, device=z_t0.device)
+
+
+def _no_targets(latents: torch.Tensor) -> torch.Tensor:
+    return latents.new_empty((0,), dtype=torch.float32)
 
 
 def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
                                path_noise, *, cfg_scale: float, kind: str, noise_scale: float,
-                               sigma_hat_at_one: float, out_dtype=None):
+                               sigma_hat_at_one: float, out_dtype=None, with_targets: bool = True):
     """Eager twin of `fused_aux_points` (float32 math; gathers rows with a host sync, fine on CPU)."""
     P = row_table.shape[1]
     col = (-1,) + (1,) * (z_t0.dim() - 1)
@@ -102,10 +114,11 @@ def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
     sp = sigma_prime.float()[rows].view(col)
     alpha = ((sp - s1[b_idx]) * (1.0 / (1.0 - s1[b_idx]).clamp_min(1e-8))).clamp(0.0, 1.0)
     zp = (1.0 - alpha) * torch.stack(ends)[p_idx, b_idx] + alpha * z1f[b_idx]
-    tgt = (zp - z0f[b_idx]) * (1.0 / sp)
-    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
     latents[rows] = zp.to(latents.dtype)
-    targets[rows] = tgt.to(targets.dtype)
+    if not with_targets:
+        return latents, None
+    targets[rows] = ((zp - z0f[b_idx]) * (1.0 / sp)).to(targets.dtype)
     return latents, targets
 
 
@@ -113,32 +126,34 @@ def fused_aux_points_reference(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
 def _aux_points_op(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tensor, z0: torch.Tensor,
                    z1: torch.Tensor, sigma0: torch.Tensor, sigma1: torch.Tensor, sigma_prime: torch.Tensor,
                    row_table: torch.Tensor, path_noise: torch.Tensor | None, cfg_scale: float, kind: str,
-                   noise_scale: float, sigma_hat_at_one: float, out_dtype: torch.dtype | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   noise_scale: float, sigma_hat_at_one: float, out_dtype: torch.dtype | None,
+                   with_targets: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # Without targets the second output is aux_outputs' (0,) placeholder.
     args = (z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise)
     opts = {"cfg_scale": cfg_scale, "kind": kind, "noise_scale": noise_scale,
-            "sigma_hat_at_one": sigma_hat_at_one, "out_dtype": out_dtype}
+            "sigma_hat_at_one": sigma_hat_at_one, "out_dtype": out_dtype, "with_targets": with_targets}
     N = sigma_prime.shape[0]
     if not use_triton(z_t0, _aux_points_kernel) or N == 0:  # N == 0: nothing to write, no σ' to load
-        return fused_aux_points_reference(*args, **opts)
+        latents, targets = fused_aux_points_reference(*args, **opts)
+        return latents, targets if with_targets else _no_targets(latents)
     B, P, K = row_table.shape
     chw = z_t0[0].numel()
-    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype)
+    latents, targets = aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
     block = launch_block(chw)
     c = [t.contiguous() for t in (z_t0, v_uncond, v_cond, z0, z1)]
     noise = path_noise.contiguous() if P > 1 else c[0]  # dummy pointer when there is no stochastic path
     _aux_points_kernel[(B, triton.cdiv(chw, block))](
         *c, sigma0.float().contiguous(), sigma1.float().contiguous(), sigma_prime.float().contiguous(),
         row_table.to(torch.int32).contiguous(), noise, latents, targets, cfg_scale, noise_scale,
-        sigma_hat_at_one, B, P, K, chw, KIND=kind_code(kind), BLOCK=block)
+        sigma_hat_at_one, B, chw, P=P, K=K, KIND=kind_code(kind), WRITE_TARGETS=with_targets, BLOCK=block)
     return latents, targets
 
 
 def aux_points_fake(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, cfg_scale,
-                    kind, noise_scale, sigma_hat_at_one, out_dtype):
+                    kind, noise_scale, sigma_hat_at_one, out_dtype, with_targets=True):
     """The fake (shapes and dtypes only, for torch.compile) of every aux-points op: this one and
-    the CUDA C++ twin's (`cuda_aux.py`)."""
-    return aux_outputs(z_t0, sigma_prime, out_dtype)
+    the CUDA C++ twin's (`cuda_aux.py`, which always writes targets)."""
+    return aux_outputs(z_t0, sigma_prime, out_dtype, with_targets)
 
 
 _aux_points_op.register_fake(aux_points_fake)
@@ -166,16 +181,19 @@ def check_aux_shapes(who: str, z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, s
 
 def fused_aux_points(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table, path_noise, *,
                      cfg_scale: float, kind: str, noise_scale: float, sigma_hat_at_one: float,
-                     out_dtype: torch.dtype | None = None):
+                     out_dtype: torch.dtype | None = None, with_targets: bool = True):
     """All aux latents z' and targets v_corr of one step; no autograd (rollout and targets are stop-grad).
 
     z_t0, v_uncond, v_cond, z0, z1: (B,C,H,W); sigma0, sigma1: (B,) float32; sigma_prime: (N,) float32;
     row_table: (B,P,K) int32 output row or −1; path_noise: (P−1,B,C,H,W) or None when P == 1.
     Returns latents (N,C,H,W) in `out_dtype or z_t0.dtype`, targets (N,C,H,W) in `out_dtype or float32`.
+    `with_targets=False` skips writing the targets (returned as None) for a loss that recomputes them
+    from the latents (`soar_fast.kernels.flow_loss.flow_loss_from_latents`): N·C·H·W·4 bytes less written.
     """
     kind_code(kind)
     P = check_aux_shapes("fused_aux_points", z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime,
                          row_table, path_noise)
-    return _aux_points_op(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
-                          path_noise if P > 1 else None, float(cfg_scale), kind, float(noise_scale),
-                          float(sigma_hat_at_one), out_dtype)
+    latents, targets = _aux_points_op(z_t0, v_uncond, v_cond, z0, z1, sigma0, sigma1, sigma_prime, row_table,
+                                      path_noise if P > 1 else None, float(cfg_scale), kind, float(noise_scale),
+                                      float(sigma_hat_at_one), out_dtype, bool(with_targets))
+    return latents, targets if with_targets else None

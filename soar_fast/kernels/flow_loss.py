@@ -44,11 +44,14 @@ def _sq_err_partial_kernel(pred_ptr, tgt_ptr, lat_ptr, z0_ptr, sp_ptr, idx_ptr, 
 
 
 @triton.jit
-def _finish_kernel(part_ptr, w_ptr, out_ptr, n_blocks, inv_d, HAS_W: tl.constexpr, BLOCK_P: tl.constexpr):
+def _finish_kernel(part_ptr, w_ptr, out_ptr, n_blocks, inv_d, HAS_W: tl.constexpr, BLOCK_P: tl.constexpr,
+                   N_ITER: tl.constexpr):
+    # N_ITER = cdiv(n_blocks, BLOCK_P) is compile-time (1 below 4M elements per row): triton 3.6's
+    # interpreter cannot take range() of a runtime scalar under numpy >= 2.4.
     n = tl.program_id(0)
     acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    for start in range(0, n_blocks, BLOCK_P):
-        offs = start + tl.arange(0, BLOCK_P)
+    for i in tl.static_range(N_ITER):
+        offs = i * BLOCK_P + tl.arange(0, BLOCK_P)
         acc += tl.load(part_ptr + n * n_blocks + offs, mask=offs < n_blocks, other=0.0)
     loss = tl.sum(acc, axis=0) * inv_d
     if HAS_W:
@@ -108,8 +111,9 @@ def _launch_loss(pred, target, latents, z0, sigma_prime, sample_index, weight):
                                           num_warps=8 if block >= 4096 else 4)
     out = empty((N,), dtype=torch.float32, device=pred.device)
     w = weight.float().contiguous() if weight is not None else out
-    _finish_kernel[(N,)](part, w, out, n_blocks, 1.0 / d, HAS_W=weight is not None,
-                         BLOCK_P=min(1024, max(16, triton.next_power_of_2(n_blocks))))
+    block_p = min(1024, max(16, triton.next_power_of_2(n_blocks)))
+    _finish_kernel[(N,)](part, w, out, n_blocks, 1.0 / d, HAS_W=weight is not None, BLOCK_P=block_p,
+                         N_ITER=triton.cdiv(n_blocks, block_p))
     return out
 
 

@@ -23,6 +23,8 @@ from transformers import (
 )
 from transformers.models.clip.tokenization_clip import CLIPTokenizer as _CLIPTok
 
+from soar_fast.models.folder import ModelFolderError
+
 CLIP_LENGTH = 77
 
 
@@ -84,7 +86,7 @@ def load_text_encoders(path: str | Path, device: torch.device | str = "cpu",
     missing = [s for s in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
                            "tokenizer_3") if not (root / s).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root}: not an SD3 diffusers folder, missing {', '.join(missing)}/")
+        raise ModelFolderError(f"{root}: not an SD3 diffusers folder, missing {', '.join(missing)}/")
     kw = {"local_files_only": True, "torch_dtype": dtype}
     enc = TextEncoders(
         clip_l=CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", **kw),

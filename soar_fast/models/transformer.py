@@ -15,40 +15,14 @@ import torch
 
 from soar_fast.config import ModelConfig
 from soar_fast.config_io import ConfigError
-
-# SD3.5-Medium's transformer (stabilityai/stable-diffusion-3.5-medium, transformer/config.json).
-_SD35M: dict[str, Any] = {
-    "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
-    "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 384,
-    "dual_attention_layers": tuple(range(13)), "qk_norm": "rms_norm",
-}
-# SD3.5-Large's transformer (stabilityai/stable-diffusion-3.5-large, transformer/config.json): 38 layers,
-# 38 heads x 64 = 2432 wide, no dual-attention layers, RMS qk-norm; 8.1B parameters.
-_SD35L: dict[str, Any] = {
-    "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 38,
-    "attention_head_dim": 64, "num_attention_heads": 38, "joint_attention_dim": 4096,
-    "caption_projection_dim": 2432, "pooled_projection_dim": 2048, "pos_embed_max_size": 192,
-    "dual_attention_layers": (), "qk_norm": "rms_norm",
-}
-# Same block types as sd35m (a dual-attention block, RMS qk-norm), CPU-sized: 2 layers, 64 wide, 0.3M
-# parameters; a whole demo SOAR step (B=4, K=6, 8x8 latents, 154 text tokens) is ~0.1 s of one CPU core.
-_TINY: dict[str, Any] = {
-    "sample_size": 32, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
-    "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 64,
-    "pooled_projection_dim": 64, "pos_embed_max_size": 64, "dual_attention_layers": (0,), "qk_norm": "rms_norm",
-}
-PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, "sd35m": _SD35M, "sd35l": _SD35L}
+from soar_fast.models.folder import ModelFolderError
+from soar_fast.models.presets import PRESETS
 
 # What `scheduler/scheduler_config.json` of SD3/SD3.5 says; used for presets and bare transformer folders.
 DEFAULT_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _INDEX_FILES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
-
-
-class ModelFolderError(ConfigError):
-    """`model.path` (or a checkpoint folder) is missing something; the message names what."""
 
 
 def preset_config(name: str, **dims: int | None) -> dict[str, Any]:

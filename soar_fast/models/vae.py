@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from soar_fast.models.folder import ModelFolderError
+
 # SD3 / SD3.5 VAE factors (vae/config.json of the released models); the tiny VAE keeps them.
 SD3_SCALING_FACTOR = 1.5305
 SD3_SHIFT_FACTOR = 0.0609
@@ -21,7 +23,7 @@ def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Autoencode
     """`<path>/vae` of a local SD3 diffusers folder (local files only), float32, eval, no grad."""
     folder = Path(path) / "vae"
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no VAE here (expected vae/config.json of an SD3 diffusers folder)")
+        raise ModelFolderError(f"{folder}: no VAE here (expected vae/config.json of an SD3 diffusers folder)")
     vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
     return vae.requires_grad_(False).eval().to(device)
 

@@ -20,7 +20,8 @@ class AuxPoints:
     latents: (N, C, H, W) z', in z_t0's dtype (what the model is fed).
     sigmas: (N,) float32 σ' (continuous, used by the target and the loss weight).
     timesteps: (N,) float32 τ' fed to the model (grid or continuous, see `timestep_mode`).
-    targets: (N, C, H, W) float32 v_corr = (z' − z0)/σ', from the float32 z' (before storage rounding).
+    targets: (N, C, H, W) float32 v_corr = (z' − z0)/σ', from the float32 z' (before storage rounding);
+        None when the fused kernels recompute them from float32 latents in the loss instead.
     sample_index, path_index, point_index: (N,) int64, the row's sample, path and point.
     layout: the `AuxLayout` these rows were built from (row_table etc.).
     """
@@ -28,7 +29,7 @@ class AuxPoints:
     latents: torch.Tensor
     sigmas: torch.Tensor
     timesteps: torch.Tensor
-    targets: torch.Tensor
+    targets: torch.Tensor | None
     sample_index: torch.Tensor
     path_index: torch.Tensor
     point_index: torch.Tensor

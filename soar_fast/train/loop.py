@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from soar_fast.atomic import save_folder_atomically
+from soar_fast.errors import UserError
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
 from soar_fast.train.checkpoint import save_checkpoint, save_transformer
 from soar_fast.train.metrics import MetricsLog
@@ -24,7 +25,7 @@ from soar_fast.train.trainer import StepResult, Trainer
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or the gradient norm) became NaN/inf; the message names the step."""
 
 
@@ -122,6 +123,7 @@ def fit(trainer: Trainer) -> str:
     window = Window()
     peak_logged = False
     status = "done"
+    first_step = trainer.step + 1
     try:
         with GracefulStop() as stop:
             while trainer.step < max_steps:
@@ -141,6 +143,8 @@ def fit(trainer: Trainer) -> str:
                     window.add(result, lr)
                 trainer.step = step
                 bar.update(1)
+                if step == first_step and trainer.is_main:
+                    _log_attention_ran(trainer)
 
                 # Several ranks stop at the same step: they agree on a signal at log and checkpoint steps
                 # (one flag all-reduce where the loop syncs anyway), so a signal ends the run within
@@ -219,6 +223,13 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def _log_attention_ran(trainer: Trainer) -> None:
+    """The start-up report names the attention backend installed; after one step, say what ran."""
+    report = getattr(unwrap(trainer.model), "soar_accel_report", None)
+    if report is not None:
+        log.info("attention ran in the first step: %s", report.as_dict()["attention_ran"])
 
 
 def _nonfinite_message(step: int, out: str) -> str:

@@ -3,8 +3,9 @@
 Builds the trainer exactly as `soar-fast train` does, runs warm-up steps (compile, CUDA-graph
 capture, allocator), then N profiled steps with one named range per phase — data, encode, main
 forward, rollout forward, aux kernel, aux forward, backward, optimizer — as `record_function`
-ranges (NVTX ranges under `--nsys`). Writes a Chrome/Perfetto trace to
-`<output_dir>/profile/trace.json` (open in https://ui.perfetto.dev or chrome://tracing) and prints a
+ranges (NVTX ranges under `--nsys`). Writes only under `<output_dir>/profile/` (the run folder of
+the profiled trainer: its data report, demo data, the trace), never into a training run's own files:
+a Chrome/Perfetto trace `trace.json` (open in https://ui.perfetto.dev or chrome://tracing). Prints a
 per-phase time table; GPU telemetry (memory, utilisation, power) through NVML when there is a GPU.
 
 The table's times are wall clock with a device sync at every phase boundary: profiling is a
@@ -65,11 +66,20 @@ def _rerun_under_nsys(out_dir: str) -> int:
 
 def main_profile(cfg: Any, args: Any) -> int:
     """Profile `args.steps` training steps of `cfg` after warm-up; returns the exit code."""
+    import dataclasses
+
     from soar_fast.accel.telemetry import TelemetrySampler
+    from soar_fast.config_io import ConfigError
+    from soar_fast.models.folder import check_model_folder
     from soar_fast.train.trainer import Trainer
 
-    steps = max(int(getattr(args, "steps", 10) or 1), 1)
+    steps = int(getattr(args, "steps", 10))
+    if steps < 1:
+        raise ConfigError(f"profile --steps = {steps}: must be >= 1")
+    check_model_folder(cfg.model.path, encodes=cfg.data.cache is None,
+                       why="training without data.cache encodes each batch")
     out_dir = os.path.join(cfg.run.output_dir, "profile")
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=out_dir))
     os.makedirs(out_dir, exist_ok=True)
     use_nsys = bool(getattr(args, "nsys", False))
     if use_nsys and os.environ.get(_UNDER_NSYS) != "1":

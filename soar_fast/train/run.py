@@ -11,6 +11,7 @@ from typing import Any
 
 from soar_fast.config import Config
 from soar_fast.config_io import ConfigError, save_config
+from soar_fast.models.folder import check_model_folder
 
 log = logging.getLogger("soar_fast.train")
 
@@ -30,8 +31,11 @@ def main_train(cfg: Config, args: Any) -> int:
     from soar_fast.train.loop import NonFiniteLossError
     from soar_fast.train.trainer import resolve_device
 
-    # Switch combinations that cannot work are config errors before anything heavy is built.
+    # Switch combinations that cannot work, and an incomplete model folder, are errors before anything
+    # heavy is built.
     check_switches(cfg.accel)
+    check_model_folder(cfg.model.path, encodes=cfg.data.cache is None,
+                       why="training without data.cache encodes each batch")
     try:
         d = init_distributed(cfg.parallel, device_type=resolve_device(cfg.run).type)
     except ValueError as e:
@@ -56,11 +60,13 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
     out = cfg.run.output_dir
     resume = getattr(args, "resume", None)
     checkpoint = None
+    has_final = os.path.isdir(os.path.join(out, "transformer"))
     if resume is None:
-        if latest_checkpoint(out) is not None:
+        if latest_checkpoint(out) is not None or has_final:
             if not cfg.run.overwrite:
-                raise ConfigError(f"run.output_dir={out} already holds checkpoints: pass --resume to continue "
-                                  "that run, --run.overwrite=true to replace it, or choose another run.output_dir")
+                way = ("pass --resume to continue that run, " if latest_checkpoint(out) is not None else "")
+                raise ConfigError(f"run.output_dir={out} already holds a run (checkpoints/ or transformer/): {way}"
+                                  "--run.overwrite=true replaces it, or choose another run.output_dir")
             for name in RUN_OUTPUTS if d.is_main else ():
                 path = os.path.join(out, name)
                 if os.path.isdir(path):
@@ -72,6 +78,9 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
             remove_partial_saves(out)
         d.barrier()
         checkpoint = resolve_checkpoint(resume) if resume else latest_checkpoint(out)
+        if checkpoint is None and has_final and not cfg.run.overwrite:
+            raise ConfigError(f"run.output_dir={out} holds an exported transformer/ but no checkpoint to resume "
+                              "from: --run.overwrite=true replaces it, or choose another run.output_dir")
         if checkpoint is None:
             log.info("--resume: no checkpoint in %s yet; starting from step 0", out)
 
@@ -114,8 +123,9 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
     if status == "stopped":
         log.info("stopped at step %d; outputs in %s", trainer.step, out)
     else:
-        log.info("done: %d steps; outputs in %s (metrics.jsonl, plots/loss.png, checkpoints/, transformer/)",
-                 trainer.step, out)
+        written = [n for n in ("metrics.jsonl", "plots/loss.png", "checkpoints/", "transformer/")
+                   if os.path.exists(os.path.join(out, n))]
+        log.info("done: %d steps; outputs in %s (%s)", trainer.step, out, ", ".join(written))
     return 0
 
 

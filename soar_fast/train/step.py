@@ -31,6 +31,8 @@ CfgAux = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SoarD
                   AuxPoints]
 # (pred [N,...], target [N,...], weight [N]) -> per-sample weighted MSE [N] float32, differentiable
 FlowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (pred [n,...], pts, rows, z0 [B,...], weight [n]) -> per-row weighted MSE of the aux rows `rows` [n] float32
+AuxLoss = Callable[[torch.Tensor, AuxPoints, slice, torch.Tensor, torch.Tensor], torch.Tensor]
 # (this rank's n_main, n_aux) -> (the counts over all ranks)
 GlobalCounts = Callable[[int, int], tuple[Count, Count]]
 
@@ -45,6 +47,12 @@ def eager_cfg_aux(z_t0: torch.Tensor, v_uncond: torch.Tensor, v_cond: torch.Tens
                       timestep_mode=soar.timestep_mode)
 
 
+def stored_target_loss(pred: torch.Tensor, pts: AuxPoints, rows: slice, z0: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """Aux loss against the stored targets (the fused kernels recompute them from the latents instead)."""
+    return weighted_mse(pred, pts.targets[rows], weight)
+
+
 @dataclass
 class StepFns:
     """The replaceable pieces of the step. `forward` carries gradients (main and aux forwards);
@@ -54,6 +62,7 @@ class StepFns:
     rollout_forward: Model
     cfg_aux: CfgAux = eager_cfg_aux
     flow_loss: FlowLoss = weighted_mse
+    aux_loss: AuxLoss = stored_target_loss
 
 
 @dataclass(frozen=True)
@@ -176,9 +185,11 @@ def rollout_velocities(fns: StepFns, opts: StepOptions, autocast, main: MainRows
 
 
 def aux_forwards(fns: StepFns, opts: StepOptions, autocast, pts: AuxPoints, main: MainRows,
-                 v0: torch.Tensor | None, scheme: str, plan: BackwardPlan) -> tuple[torch.Tensor, torch.Tensor]:
+                 v0: torch.Tensor | None, z0: torch.Tensor, scheme: str,
+                 plan: BackwardPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """The aux forward(s), with grad, one per slice of `_aux_slices`; returns (per-sample main loss [B],
-    aux loss sum). `v0` None (`fuse_main`): the main rows ride in front of the first aux forward."""
+    aux loss sum). `v0` None (`fuse_main`): the main rows ride in front of the first aux forward. `z0`
+    (B, C, H, W): for an aux loss that recomputes the targets from the latents."""
     _, _, prompt_embeds, pooled = main.inputs
     main_loss = None if v0 is None else fns.flow_loss(v0, main.target, main.weight)
     aux_sum = pts.latents.new_zeros((), dtype=torch.float32)
@@ -195,7 +206,7 @@ def aux_forwards(fns: StepFns, opts: StepOptions, autocast, pts: AuxPoints, main
         if with_main:
             v0, pred = pred.split([main.size, pred.shape[0] - main.size])
             main_loss = fns.flow_loss(v0, main.target, main.weight)
-        part = fns.flow_loss(pred, pts.targets[rows], loss_weight(pts.sigmas[rows], scheme)).sum()
+        part = fns.aux_loss(pred, pts, rows, z0, loss_weight(pts.sigmas[rows], scheme)).sum()
         aux_sum = aux_sum + plan.chunk(part, main_loss.sum() if with_main else None)
     return main_loss, aux_sum
 
@@ -241,7 +252,7 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
         n_main, n_aux = global_counts(n_main, n_aux)
     backward = BackwardPlan.of(opts, loss_scale=loss_scale, norm=normaliser(n_main, n_aux, soar.lambda_aux),
                                lambda_aux=soar.lambda_aux)
-    main_loss, aux_sum = aux_forwards(fns, opts, autocast, pts, main, v0, soar.weighting_scheme, backward)
+    main_loss, aux_sum = aux_forwards(fns, opts, autocast, pts, main, v0, z0, soar.weighting_scheme, backward)
 
     # 6. Loss: the mean over every supervision item of every rank.
     main_sum = main_loss.sum()

@@ -91,3 +91,19 @@ def test_bad_shapes_name_the_argument(device):
         fused_aux_points(*base, None, kind="sde", **OPTS)
     with pytest.raises(ValueError, match="z1"):
         fused_aux_points(*base[:4], z1[:2], *base[5:], None, kind="sde", **OPTS)
+
+
+@pytest.mark.parametrize("P", [1, 3])
+def test_without_targets_writes_the_same_latents(P, device, interpreted):
+    # The fast step's loss recomputes targets from the latents (flow_loss_from_latents); the latents
+    # must be the ones the full kernel writes, and no target tensor is returned.
+    B = SHAPE_SMALL[0]
+    z, vu, vc, z0, z1 = latents(SHAPE_SMALL, torch.float32, device, count=5)
+    noise = latents((P - 1,) + SHAPE_SMALL, torch.float32, device, count=1, seed=3)[0] if P > 1 else None
+    lay = layout(P, 4, B, device)
+    args = (z, vu, vc, z0, z1, lay.sigma0, lay.sigma1, lay.sigma_prime, lay.row_table, noise)
+    full = fused_aux_points(*args, kind="flow_sde", **OPTS)
+    for fn in (fused_aux_points, fused_aux_points_reference):
+        lat, tgt = fn(*args, kind="flow_sde", with_targets=False, **OPTS)
+        assert tgt is None
+        torch.testing.assert_close(lat, full[0], rtol=0, atol=0, msg=fn.__name__)

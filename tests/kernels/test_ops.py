@@ -47,8 +47,10 @@ def test_opcheck(dtype, device):
         torch.library.opcheck(OPS.cfg_rollout, (z, vu, vc, s, s * 0.9, None if philox else noise, CFG_SCALE,
                                                 "flow_sde", NOISE_SCALE, 5, 0, philox, GRID.sigma_hat_at_one, True))
     args, _ = aux_inputs(device)
-    torch.library.opcheck(OPS.aux_points, tuple(a.to(dtype) if a.is_floating_point() and a.dim() > 1 else a
-                                                for a in args) + (CFG_SCALE, "cps", NOISE_SCALE, 0.9, None))
+    for with_targets in (True, False):
+        torch.library.opcheck(OPS.aux_points, tuple(a.to(dtype) if a.is_floating_point() and a.dim() > 1 else a
+                                                    for a in args) + (CFG_SCALE, "cps", NOISE_SCALE, 0.9, None,
+                                                                      with_targets))
     pred, target = (t.requires_grad_(True) for t in latents(SHAPE, dtype, device, count=2))
     weight = torch.rand(SHAPE[0], device=device)
     torch.library.opcheck(OPS.flow_loss, (pred, target, weight))
@@ -70,8 +72,10 @@ def test_compiled_step_has_no_graph_breaks(device):
     def step(scale):
         z_next = cfg_rollout(z, vu, vc, s0, s1, kind="sde", seed=11, offset=0, **OPTS)
         lat, tgt = fused_aux_points(z_next, vu, vc, z0, z1, s0, s1, sp, table, noise, kind="cps", **OPTS)
+        lat_only, _ = fused_aux_points(z_next, vu, vc, z0, z1, s0, s1, sp, table, noise, kind="cps",
+                                       with_targets=False, **OPTS)
         pred = lat * scale
-        loss = flow_loss_from_latents(pred, lat, z0, sp, lay.sample_index) + flow_loss(pred, tgt)
+        loss = flow_loss_from_latents(pred, lat_only, z0, sp, lay.sample_index) + flow_loss(pred, tgt)
         return loss.sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
