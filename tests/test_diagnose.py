@@ -163,3 +163,62 @@ def test_guidance_without_the_unconditional_branch_is_refused():
     with pytest.raises(AssertionError, match="unconditional"):
         exposure_bias(_biased(d, d, None), z0, z1, _paths(), cfg_scale=2.0)
     json.dumps(exposure_bias(_biased(d, 0.1 * d, None), z0, z1, _paths(), cfg_scale=1.0).summary())
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A demo run trained 4 steps, checkpoints at steps 2 and 4 (in-process, a few seconds)."""
+    from soar_fast.train.run import main_train
+    from tests.conftest import tiny_config
+
+    out = tmp_path_factory.mktemp("diagnose") / "run"
+    assert main_train(tiny_config(out, ["--data.demo_size=12", "--data.batch_size=3"]), None) == 0
+    return out
+
+
+def test_diagnose_command_compares_two_checkpoints(demo_run, tmp_path, capsys):
+    from soar_fast.cli import main
+
+    out = tmp_path / "diag"
+    a, b = demo_run / "checkpoints" / "step-2", demo_run / "checkpoints" / "step-4"
+    assert main(["diagnose", "--checkpoint", str(a), "--checkpoint", str(b), "--samples", "5",
+                 "--sigmas", "0.9,0.45", "--rollout-steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "diagnose.json") in printed and str(out / "diagnose.png") in printed
+    result = json.loads((out / "diagnose.json").read_text())
+    assert [e["step"] for e in result["checkpoints"]] == [2, 4]
+    s = result["settings"]
+    # Read from the run's saved config and its own demo cache: training's CFG and S, 5 of its samples.
+    assert (s["samples"], s["cfg_scale"], s["sampling_steps"], s["rollout_steps"]) == (5, 4.5, 40, 2)
+    assert s["data"]["cache"] == str(demo_run / "demo-data" / "cache")
+    for entry in result["checkpoints"]:
+        assert [p["steps"] for p in entry["points"]] == [2, 2]
+        for p in entry["points"]:
+            assert 0 < p["sigma_end"] < p["sigma_start"] <= 0.9
+            assert p["drift"] > 0 and all(p[state]["velocity_error"] > 0 for state in STATES)
+    first, second = (e["points"][0]["teacher_forced"]["velocity_error"] for e in result["checkpoints"])
+    assert first != second  # two steps of training moved the weights
+    from PIL import Image
+
+    assert Image.open(out / "diagnose.png").size[0] > 500
+
+
+def test_diagnose_api_is_batch_independent_and_reads_a_jsonl(demo_run, tmp_path):
+    from soar_fast.config_io import load_config
+    from soar_fast.eval.diagnose import diagnose_checkpoints
+
+    cfg = load_config(str(demo_run / "config.toml"))
+    ckpt = [str(demo_run / "transformer")]
+    kw = {"samples": 6, "sigmas": (0.7,), "rollout_steps": 3, "cfg_scale": 2.0, "output_dir": str(tmp_path / "d")}
+    by_three = diagnose_checkpoints(cfg, ckpt, batch_size=3, labels=["final"], **kw)
+    by_two = diagnose_checkpoints(cfg, ckpt, batch_size=2, **kw)
+    on_the_fly = diagnose_checkpoints(cfg, ckpt, batch_size=3, data_jsonl=str(demo_run / "demo-data" / "data.jsonl"),
+                                      **kw)
+    assert by_three["checkpoints"][0]["label"] == "final" and by_three["checkpoints"][0]["step"] is None
+    assert on_the_fly["settings"]["data"]["kind"] == "on-the-fly"
+    p3 = by_three["checkpoints"][0]["points"][0]
+    for other in (by_two, on_the_fly):
+        p = other["checkpoints"][0]["points"][0]
+        assert p["drift"] == pytest.approx(p3["drift"], rel=1e-4)
+        assert p["self_rollout"]["velocity_error_cfg"] == pytest.approx(p3["self_rollout"]["velocity_error_cfg"],
+                                                                         rel=1e-4)
