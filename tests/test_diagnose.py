@@ -77,6 +77,12 @@ def test_a_constant_bias_gives_the_predicted_drift_and_errors():
         e = getattr(out, state)
         _check(e.velocity_error, (_n(b_c)[None] / nd).square().expand(4, -1), f"{state} velocity_error")
         _check(e.velocity_error_cfg, (_n(beta)[None] / nd).square().expand(4, -1), f"{state} velocity_error_cfg")
+        if state != "self_rollout":  # on the ray SOAR's target (z − z0)/σ is d
+            _check(e.correction_error, e.velocity_error, f"{state} correction_error")
+    # At ẑ the target is (ẑ − z0)/σe = d − (σs − σe)/σe·β.
+    ratio = ((s_start - s_end) / s_end).view(4, 1, 1, 1, 1)
+    off = _n((b_c.double()[None] + ratio * beta.double()[None]).flatten(0, 1)).view(4, -1)
+    _check(out.self_rollout.correction_error, (off / nd).square(), "self_rollout correction_error")
 
     def x0_drift(sigma_b: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # ‖z0 − σ·b‖ / ‖z0‖ − 1, (G, B)
         return _n((z0[None].double() - sigma_b.view(4, 1, 1, 1, 1) * b[None].double()).flatten(0, 1)).view(4, -1) \
@@ -112,6 +118,8 @@ def test_the_reached_state_is_what_the_model_sees_at_the_end():
     _check(out.drift, _n(e.flatten(0, 1)).view(4, -1) / nd, "drift")
     reached = _n((b.double()[None] + alpha * e).flatten(0, 1)).view(4, -1) / nd
     _check(out.self_rollout.velocity_error, reached.square(), "self-rollout velocity error")
+    steer = b.double()[None] + (alpha - 1 / paths[:, -1].double().view(4, 1, 1, 1, 1)) * e
+    _check(out.self_rollout.correction_error, (_n(steer.flatten(0, 1)).view(4, -1) / nd).square(), "correction")
     _check(out.teacher_forced_end.velocity_error, (_n(b)[None] / nd).square().expand(4, -1), "on the ray")
     assert (out.self_rollout.velocity_error > out.teacher_forced_end.velocity_error).all()
     _check(out.self_rollout.velocity_error_cfg, out.self_rollout.velocity_error, "w = 1: cfg is the conditional")
@@ -143,15 +151,19 @@ def test_chunked_starts_and_merged_batches_agree_with_one_pass():
 
 def test_rollout_paths_follow_the_soar_step_on_the_grid():
     grid = SigmaGrid(1000, 3.0)
-    paths = rollout_paths(grid, [0.93, 0.5, 0.05], num_sampling_steps=40, rollout_steps=6)
+    wanted = torch.tensor([0.93, 0.5, 0.05])
+    paths = rollout_paths(grid, wanted.tolist(), num_sampling_steps=40, rollout_steps=6)
     assert paths.shape == (3, 7) and paths.dtype == torch.float32
-    t0 = grid.t_of(torch.tensor([0.93, 0.5, 0.05]))
-    for k in range(7):
-        expected, _ = grid.at(torch.clamp(t0 - k / 40, min=0.0))
+    j = torch.tensor([int((grid.sigmas > s).sum()) for s in wanted])  # first grid index with σ_j ≤ σ
+    assert torch.equal(paths[:, 0], grid.sigmas[j])
+    for k in range(1, 7):
+        expected, _ = grid.at(torch.clamp(1 - j / 1000 - k / 40, min=0.0))
         assert torch.equal(paths[:, k], expected)
-    assert (paths[:, 0] <= torch.tensor([0.93, 0.5, 0.05])).all()
     assert float(paths[2, -1]) == float(grid.sigmas[-1]) > 0  # clamped at the grid's end, never 0
-    assert (paths[:, 1:] <= paths[:, :-1]).all()
+    many = torch.rand(97, generator=torch.Generator().manual_seed(11)) * 0.98 + 0.01
+    dense = rollout_paths(grid, many.tolist(), num_sampling_steps=23, rollout_steps=5)
+    assert (dense[:, 0] <= many).all() and (dense[:, 0] > many - 0.01).all()
+    assert (dense[:, 1:] <= dense[:, :-1]).all()
     for bad in ([], [0.0], [1.5]):
         with pytest.raises(ValueError, match="start sigmas"):
             rollout_paths(grid, bad, num_sampling_steps=40, rollout_steps=2)

@@ -7,11 +7,14 @@ sigma σs and sample b, with ‖·‖ the L2 norm over one sample's C·h·w valu
 - self-rollout: n Euler steps `z ← z + v_cfg·(σ_{k+1} − σ_k)` from `z_σs` along the path σs = σ_0 > … > σ_n = σe
   reach `ẑ`; its drift is `‖ẑ − z_σe‖ / ‖d‖` (the ray from z0 to z1 has length ‖d‖, so drift 0.01 is a
   hundredth of it), and its velocity error is the same formula at `(ẑ, σe)`;
+- correction error at a state: `‖v(z, σ) − (z − z0)/σ‖² / ‖d‖²`, against SOAR's auxiliary target (the
+  velocity whose x0-prediction is z0 exactly); on the ray `(z_σ − z0)/σ = d`, so it is the velocity error
+  there, and off the ray it asks whether the model steers back to z0;
 - x0-prediction norm drift at a state: `‖z − σ·v‖ / ‖z0‖ − 1` (0 when the predicted clean latent has the
   norm of the real one; negative = washed-out, positive = over-saturated).
 Each is reported for the conditional velocity `v_c` (what training fits) and the guided one
-`v_cfg = v_u + w·(v_c − v_u)` (what the sampler steps with; equal to `v_c` when w ≤ 1), then averaged over
-samples. A velocity exactly `d` everywhere gives zero for every number; a constant bias `b` gives drift
+`v_cfg = v_u + w·(v_c − v_u)` (what the sampler steps with; equal to `v_c` when w ≤ 1; the correction
+error only for `v_c`), then averaged over samples. A velocity exactly `d` everywhere gives zero for every number; a constant bias `b` gives drift
 `(σs − σe)·‖b‖/‖d‖` (tests/test_diagnose.py).
 """
 
@@ -41,6 +44,8 @@ class StateErrors:
     """‖v_c − d‖² / ‖d‖²."""
     velocity_error_cfg: torch.Tensor
     """‖v_cfg − d‖² / ‖d‖²."""
+    correction_error: torch.Tensor
+    """‖v_c − (z − z0)/σ‖² / ‖d‖²."""
     x0_norm_drift: torch.Tensor
     """‖z − σ·v_c‖ / ‖z0‖ − 1."""
     x0_norm_drift_cfg: torch.Tensor
@@ -104,10 +109,10 @@ def rollout_paths(grid: SigmaGrid, start_sigmas: Sequence[float], *, num_samplin
                   rollout_steps: int) -> torch.Tensor:
     """(G, n + 1) float32 sigma paths on the training grid, by the rule of SOAR's rollout step.
 
-    Start g: `t_0 = grid.t_of(σ_g)` (the first grid point at or below the requested sigma), then
+    Start g: σ_0 = the first grid sigma at or below the requested one (index j), `t_0 = 1 − j/N`; then
     `t_k = max(t_0 − k/S, 0)` and `σ_k = grid.at(t_k)` for k = 1..n, S = `num_sampling_steps`: each step
-    is the step `t1 = t0 − 1/S` SOAR trains on. Paths stop at the grid's last sigma (never 0); a path
-    that reaches it early repeats it (zero-length steps, which move nothing)."""
+    is the step `t1 = t0 − 1/S` SOAR trains on (with its float32 index rule). Paths stop at the grid's
+    last sigma (never 0); a path that reaches it early repeats it (zero-length steps, which move nothing)."""
     if rollout_steps < 1:
         raise ValueError(f"rollout_steps must be >= 1, got {rollout_steps}")
     if num_sampling_steps < 1:
@@ -115,11 +120,15 @@ def rollout_paths(grid: SigmaGrid, start_sigmas: Sequence[float], *, num_samplin
     bad = [s for s in start_sigmas if not 0.0 < float(s) <= 1.0]
     if not start_sigmas or bad:
         raise ValueError(f"start sigmas must be a non-empty list of values in (0, 1], got {list(start_sigmas)}")
-    t0 = grid.t_of(torch.tensor([float(s) for s in start_sigmas], dtype=torch.float32))
-    k = torch.arange(rollout_steps + 1, dtype=torch.float32)
-    t = torch.clamp(t0[:, None] - k[None, :] / num_sampling_steps, min=0.0)
-    sigma, _ = grid.at(t)
-    return sigma
+    sigmas, _, neg = grid.tables(torch.device("cpu"))
+    wanted = torch.tensor([float(s) for s in start_sigmas], dtype=torch.float32)
+    # Directly by index, not `grid.at(grid.t_of(σ))`: that float32 round trip lands one grid point
+    # above the requested sigma for ~8% of values.
+    j = torch.searchsorted(neg, -wanted, side="left").clamp(max=grid.num_train_timesteps - 1)
+    t0 = 1.0 - j.to(torch.float32) / grid.num_train_timesteps
+    k = torch.arange(1, rollout_steps + 1, dtype=torch.float32)
+    later, _ = grid.at(torch.clamp(t0[:, None] - k[None, :] / num_sampling_steps, min=0.0))
+    return torch.cat([sigmas[j][:, None], torch.minimum(later, sigmas[j][:, None])], dim=1)
 
 
 @torch.no_grad()
@@ -145,7 +154,7 @@ def exposure_bias(velocity: GuidedVelocity, z0: torch.Tensor, z1: torch.Tensor, 
              for g in range(0, paths.shape[0], per)]
     return ExposureBias(paths[:, 0].clone(), paths[:, -1].clone(), (paths[:, 1:] < paths[:, :-1]).sum(1),
                         torch.cat([p[0] for p in parts]),
-                        *(StateErrors(*(torch.cat([p[1 + i][j] for p in parts]) for j in range(4)))
+                        *(StateErrors(*(torch.cat([p[1 + i][j] for p in parts]) for j in range(5)))
                           for i in range(3)))
 
 
@@ -173,7 +182,7 @@ def _measure(velocity: GuidedVelocity, z0: torch.Tensor, z1: torch.Tensor, paths
 
     def errors(z: torch.Tensor, sigma: torch.Tensor, v_c: torch.Tensor, v_cfg: torch.Tensor) -> list[torch.Tensor]:
         s = sigma.view(-1, 1, 1, 1)
-        return [_rel_sq(v_c - d, d), _rel_sq(v_cfg - d, d),
+        return [_rel_sq(v_c - d, d), _rel_sq(v_cfg - d, d), _rel_sq(v_c - (z - x0) / s, d),
                 _norm(z - s * v_c) / _norm(x0) - 1, _norm(z - s * v_cfg) / _norm(x0) - 1]
 
     z = on_ray(sig[:, 0])
