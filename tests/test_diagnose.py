@@ -194,14 +194,15 @@ def test_diagnose_command_compares_two_checkpoints(demo_run, tmp_path, capsys):
     out = tmp_path / "diag"
     a, b = demo_run / "checkpoints" / "step-2", demo_run / "checkpoints" / "step-4"
     assert main(["diagnose", "--checkpoint", str(a), "--checkpoint", str(b), "--samples", "5",
-                 "--sigmas", "0.9,0.45", "--rollout-steps", "2", "--out", str(out)]) == 0
+                 "--sigmas", "0.9,0.45", "--rollout-steps", "2", "--out", str(out),
+                 "--soar.num_sampling_steps=30"]) == 0
     printed = capsys.readouterr().out
     assert str(out / "diagnose.json") in printed and str(out / "diagnose.png") in printed
     result = json.loads((out / "diagnose.json").read_text())
     assert [e["step"] for e in result["checkpoints"]] == [2, 4]
     s = result["settings"]
-    # Read from the run's saved config and its own demo cache: training's CFG and S, 5 of its samples.
-    assert (s["samples"], s["cfg_scale"], s["sampling_steps"], s["rollout_steps"]) == (5, 4.5, 40, 2)
+    # The run's saved config (its CFG, the override's S) and its own demo cache, 5 of its samples.
+    assert (s["samples"], s["cfg_scale"], s["sampling_steps"], s["rollout_steps"]) == (5, 4.5, 30, 2)
     assert s["data"]["cache"] == str(demo_run / "demo-data" / "cache")
     for entry in result["checkpoints"]:
         assert [p["steps"] for p in entry["points"]] == [2, 2]
@@ -234,3 +235,15 @@ def test_diagnose_api_is_batch_independent_and_reads_a_jsonl(demo_run, tmp_path)
         assert p["drift"] == pytest.approx(p3["drift"], rel=1e-4)
         assert p["self_rollout"]["velocity_error_cfg"] == pytest.approx(p3["self_rollout"]["velocity_error_cfg"],
                                                                          rel=1e-4)
+
+
+def test_diagnose_usage_errors_are_one_line(demo_run, tmp_path, capsys):
+    from soar_fast.cli import main
+
+    ckpt = str(demo_run / "checkpoints" / "step-2")
+    assert main(["diagnose", "--checkpoint", ckpt, "--sigmas", "0.5,1.5", "--out", str(tmp_path)]) == 2
+    assert "start sigmas" in capsys.readouterr().err
+    assert main(["diagnose", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["diagnose", "--checkpoint", ckpt, "--sigmas", "a,b"]) == 2
+    assert "--sigmas" in capsys.readouterr().err
