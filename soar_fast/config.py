@@ -96,6 +96,11 @@ class DataConfig:
 
 @dataclass
 class SoarConfig:
+    objective: Literal["soar", "sft"] = "soar"
+    """`soar`: the SOAR objective, main + λ·aux over the rollout's aux points. `sft`: the plain
+    flow-matching baseline through the same trainer: the main forward and its loss alone, with no
+    rollout and no aux forward (λ = 0 would still pay for both). Under `sft` only the timestep density
+    fields below are read, and `loss_aux` is left out of the logs (there is no aux term)."""
     trajectory_length: int = ruled(6, at_least(1))
     """K: auxiliary points per path and sample."""
     num_rollout_paths: int = ruled(1, at_least(1))
