@@ -34,6 +34,12 @@ PRESETS: dict[str, dict[str, Any]] = {"tiny": _TINY, "sd35m": _SD35M, "sd35l": _
 
 # SD3's VAE (and the tiny one, `models.vae.tiny_vae_config`) downsamples by 8: 4 blocks.
 DEFAULT_VAE_FACTOR = 8
+# SD3 / SD3.5 VAE factors (vae/config.json of the released models); the tiny and toy VAEs keep them.
+SD3_SCALING_FACTOR = 1.5305
+SD3_SHIFT_FACTOR = 0.0609
+# The toy autoencoder (`models/toy_vae.py`): `_class_name` of its vae/config.json, and its downsampling.
+TOY_AUTOENCODER = "ToyAutoencoder"
+TOY_DOWNSAMPLE = 2
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def model_geometry(preset: str, path: str | None) -> Geometry | None:
-    """The geometry of `model.path` (pipeline or bare transformer folder) or of the preset; None when
-    the folder has no readable transformer config (the model-folder check reports that)."""
+def vae_factor(vae_config: Any) -> int:
+    """Pixels per latent cell of a VAE config (a vae/config.json, or a loaded VAE's `.config`): the toy
+    autoencoder's `downsample_factor`, an AutoencoderKL's 2^(blocks − 1) (8 for SD3); 8 when unknown."""
+    if not vae_config:
+        return DEFAULT_VAE_FACTOR
+    if "downsample_factor" in vae_config:
+        return int(vae_config["downsample_factor"])
+    if "block_out_channels" in vae_config:
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return DEFAULT_VAE_FACTOR
+
+
+def model_geometry(preset: str, path: str | None, vae: str = "tiny") -> Geometry | None:
+    """The geometry of `model.path` (pipeline or bare transformer folder; its own vae/ decides the VAE
+    factor) or of the preset with `model.vae`; None when the folder has no readable transformer config
+    (the model-folder check reports that)."""
     if not path:
         cfg = PRESETS[preset]
-        return Geometry(cfg["patch_size"], DEFAULT_VAE_FACTOR, cfg["pos_embed_max_size"], f"preset {preset}")
+        factor = TOY_DOWNSAMPLE if vae == "toy" else DEFAULT_VAE_FACTOR
+        return Geometry(cfg["patch_size"], factor, cfg["pos_embed_max_size"],
+                        f"preset {preset} with model.vae = {vae}")
     root = Path(path)
     cfg = _read_json(root / "transformer" / "config.json") or _read_json(root / "config.json")
     if cfg is None:
         return None
-    vae = _read_json(root / "vae" / "config.json")
-    factor = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else DEFAULT_VAE_FACTOR
+    factor = vae_factor(_read_json(root / "vae" / "config.json"))
     return Geometry(int(cfg.get("patch_size", 2)), factor, cfg.get("pos_embed_max_size"), str(root))

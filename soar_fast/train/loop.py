@@ -118,8 +118,10 @@ def fit(trainer: Trainer) -> str:
     # checkpoint steps, so the step itself never syncs.
     sync_check = trainer.device.type == "cpu" or cfg.train.on_nonfinite == "skip"
     first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
-    preview = None
-    if cfg.log.sample_every > 0:
+    from soar_fast.eval.preview import preview_every
+
+    preview, sample_every = None, preview_every(cfg)
+    if sample_every > 0 and trainer.step // sample_every < max_steps // sample_every:  # a preview step lies ahead
         from soar_fast.eval.preview import build_preview, render_preview
 
         preview = build_preview(cfg, trainer.device)
@@ -173,7 +175,7 @@ def fit(trainer: Trainer) -> str:
                     if trainer.is_main:
                         _show(bar, record)
                     window = Window(with_aux=with_aux)
-                if preview is not None and step % cfg.log.sample_every == 0:
+                if preview is not None and step % sample_every == 0:
                     # Every rank runs the sampler (FSDP2 forwards are collectives); rank 0 writes the grid.
                     render_preview(unwrap(trainer.model), preview, step=step, output_dir=out,
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
