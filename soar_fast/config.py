@@ -54,18 +54,20 @@ class ModelConfig:
     path: str | None = None
     """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
     Loaded with local files only: nothing is ever downloaded."""
-    vae: Literal["toy", "tiny"] = "toy"
+    vae: Literal["auto", "toy", "tiny"] = "auto"
     """The VAE of a preset (no `path`): `toy`, a fixed lossless map (2×2 pixel-unshuffle + an orthogonal
     12→16 channel embedding, `models/toy_vae.py`) whose decodes are pictures, or `tiny`, a random-init
-    SD3-layout AutoencoderKL (8× downsampling) whose decodes are coloured noise. Ignored when `path` is
-    set: the folder's own `vae/` is used (an AutoencoderKL, or a toy one from `preset export toy`)."""
+    SD3-layout AutoencoderKL (8× downsampling, SD3's latent geometry) whose decodes are coloured noise.
+    `auto` = `toy` for the `tiny` preset (the demo), `tiny` for `sd35m` / `sd35l` (their benchmarks and
+    plans keep SD3's latent sizes). Ignored when `path` is set: the folder's own `vae/` is used (an
+    AutoencoderKL, or a toy one from `preset export toy`)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the exported final `transformer/`. Training always keeps fp32 master weights (and
     checkpoints store them, for exact resume); bf16 compute is `train.mixed_precision`."""
     resolution: int = ruled(64, image_side(widest_aspect=DEMO_WIDEST_ASPECT))
     """Image side in pixels for the built-in demo data, previews and benchmark inputs, and the default
     side of `sample`/`eval` (reference: 512). A multiple of the VAE factor × patch size: 4 with
-    `vae = "toy"`, 16 for SD3's VAE and the tiny one."""
+    the toy VAE (the demo's), 16 for SD3's VAE and the tiny one."""
 
 
 @dataclass

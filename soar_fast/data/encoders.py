@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from soar_fast.config import DataConfig, ModelConfig
 from soar_fast.data.model_dims import TINY_ENCODER_SEED, encoder_identity, transformer_config
+from soar_fast.models.presets import preset_vae
 from soar_fast.models.text import TextEncoders, build_tiny_text_encoders, load_text_encoders
 from soar_fast.models.vae import Vae, build_vae, encode_posterior, load_vae
 
@@ -45,6 +46,6 @@ def load_encoders(model: ModelConfig, data: DataConfig, device: torch.device | s
         cfg = transformer_config(model)
         embed, pooled, channels = cfg["joint_attention_dim"], cfg["pooled_projection_dim"], cfg["in_channels"]
         text = build_tiny_text_encoders(embed, pooled, seed=TINY_ENCODER_SEED, device=device, dtype=dtype)
-        vae = build_vae(model.vae, channels, seed=TINY_ENCODER_SEED, device=device)
+        vae = build_vae(preset_vae(model.preset, model.vae), channels, seed=TINY_ENCODER_SEED, device=device)
     return Encoders(text, vae, data.max_sequence_length, encoder_identity(model, data))
 

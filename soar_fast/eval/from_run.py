@@ -26,6 +26,7 @@ from pathlib import Path
 
 from soar_fast.config import Config, ModelConfig
 from soar_fast.config_io import ConfigError, check_values, load_sections, read_toml
+from soar_fast.models.presets import preset_vae
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def sampling_config(cfg: Config, command: str) -> Config:
     if run is not None:
         model, data = _model_from_run(cfg.model, run.config.model), run.config.data
         log.info("sampling the run in %s: %s (%s)", run.folder, checkpoint,
-                 "model.path " + model.path if model.path else f"preset {model.preset}, model.vae = {model.vae}")
+                 "model.path " + model.path if model.path else
+                 f"preset {model.preset}, the {preset_vae(model.preset, model.vae)} VAE")
     prompt_list = list(e.prompt_list)
     if not e.prompts and not prompt_list:
         if run is None or not run.trained_on_demo:

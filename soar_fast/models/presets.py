@@ -81,15 +81,22 @@ def vae_factor(vae_config: Any) -> int:
     return DEFAULT_VAE_FACTOR
 
 
-def model_geometry(preset: str, path: str | None, vae: str = "tiny") -> Geometry | None:
+def preset_vae(preset: str, vae: str) -> str:
+    """`model.vae` decided for a preset: `auto` = `toy` for `tiny` (the demo), `tiny` for the SD3.5 sizes."""
+    if vae != "auto":
+        return vae
+    return "toy" if preset == "tiny" else "tiny"
+
+
+def model_geometry(preset: str, path: str | None, vae: str = "auto") -> Geometry | None:
     """The geometry of `model.path` (pipeline or bare transformer folder; its own vae/ decides the VAE
     factor) or of the preset with `model.vae`; None when the folder has no readable transformer config
     (the model-folder check reports that)."""
     if not path:
         cfg = PRESETS[preset]
-        factor = TOY_DOWNSAMPLE if vae == "toy" else DEFAULT_VAE_FACTOR
-        return Geometry(cfg["patch_size"], factor, cfg["pos_embed_max_size"],
-                        f"preset {preset} with model.vae = {vae}")
+        kind = preset_vae(preset, vae)
+        factor = TOY_DOWNSAMPLE if kind == "toy" else DEFAULT_VAE_FACTOR
+        return Geometry(cfg["patch_size"], factor, cfg["pos_embed_max_size"], f"preset {preset} with the {kind} VAE")
     root = Path(path)
     cfg = _read_json(root / "transformer" / "config.json") or _read_json(root / "config.json")
     if cfg is None:

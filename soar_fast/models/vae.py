@@ -45,9 +45,13 @@ def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Vae:
         raise ModelFolderError(f"{config_file}: unknown VAE class {kind!r} (expected AutoencoderKL or "
                                f"{TOY_AUTOENCODER})")
     try:
-        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+        vae, info = AutoencoderKL.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32,
+                                                  output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelFolderError(f"{folder}: the AutoencoderKL does not load ({str(e).splitlines()[0]})") from None
+    if info.get("missing_keys"):  # diffusers leaves them uninitialised (on the meta device)
+        raise ModelFolderError(f"{folder}: the AutoencoderKL does not load (its weights lack "
+                               f"{len(info['missing_keys'])} tensors, e.g. {sorted(info['missing_keys'])[0]})")
     return vae.requires_grad_(False).eval().to(device)
 
 

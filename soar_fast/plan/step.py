@@ -46,7 +46,10 @@ class RunShapes:
 
 
 def run_shapes(cfg: Config, model_config: dict[str, Any]) -> RunShapes:
-    side = int(cfg.model.resolution) // 8  # SD3's VAE downsamples 8x
+    from soar_fast.models.presets import DEFAULT_VAE_FACTOR, model_geometry
+
+    geometry = model_geometry(cfg.model.preset, cfg.model.path, cfg.model.vae)
+    side = int(cfg.model.resolution) // (geometry.vae_factor if geometry else DEFAULT_VAE_FACTOR)
     return RunShapes(batch=int(cfg.data.batch_size), channels=int(model_config["in_channels"]),
                      latent_hw=(side, side), text_tokens=TEXT_CLIP_TOKENS + int(cfg.data.max_sequence_length),
                      embed_dim=int(model_config["joint_attention_dim"]),
