@@ -1,6 +1,7 @@
 """The encoder set of a run: the text encoders and VAE of `model.path`, or, when no path is set (the
-demo), tiny random text encoders shaped for the preset transformer and the VAE of `model.vae`. Used by `soar-fast cache`, the demo's
-one-off encoding and on-the-fly training; never built when training from a cache."""
+demo), tiny random text encoders shaped for the preset transformer and the VAE of `model.vae`. Used
+by `soar-fast cache`, the demo's one-off encoding and on-the-fly training; never built when training
+from a cache."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from soar_fast.config import DataConfig, ModelConfig
 from soar_fast.data.model_dims import TINY_ENCODER_SEED, encoder_identity, transformer_config
 from soar_fast.models.presets import preset_vae

@@ -90,7 +90,7 @@ class ToyAutoencoder(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+    def _apply(self, fn, recurse=True):
         # `.to(dtype)`, `.half()`, ...: move the matrix, keep it float32 (see the class docstring).
         super()._apply(fn, recurse)
         self.embedding = self.embedding.to(torch.float32)

@@ -51,7 +51,7 @@ def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Vae:
         raise ModelFolderError(f"{folder}: the AutoencoderKL does not load ({str(e).splitlines()[0]})") from None
     if info.get("missing_keys"):  # diffusers leaves them uninitialised (on the meta device)
         raise ModelFolderError(f"{folder}: the AutoencoderKL does not load (its weights lack "
-                               f"{len(info['missing_keys'])} tensors, e.g. {sorted(info['missing_keys'])[0]})")
+                               f"{len(info['missing_keys'])} tensors, e.g. {min(info['missing_keys'])})")
     return vae.requires_grad_(False).eval().to(device)
 
 
