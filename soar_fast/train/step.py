@@ -241,6 +241,7 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     if not opts.fuse_main or sft:  # SFT has no aux forward to fuse the main rows into
         with autocast:
             v0 = fns.forward(*main.inputs)
+    # SFT (`soar.objective = "sft"`) ends here: the main loss and its backward, none of steps 3-5.
     if sft:
         return flow_matching_step(fns, main, v0, loss_scale=loss_scale, global_counts=global_counts)
 
