@@ -80,3 +80,13 @@ def test_bare_eval_samples_the_run_into_its_own_folder(demo_run, monkeypatch, ca
     results = _lines(out / "evaluation_results.jsonl")
     assert len(results) == HELD_OUT_PROMPTS and (out / "grid.png").is_file()
     assert json.loads((out / "average_scores.json").read_text())["run"]["resolution"] == 32
+
+
+def test_a_run_without_a_checkpoint_is_named(demo_run, tmp_path):
+    empty = tmp_path / "empty-run"
+    (empty / "checkpoints").mkdir(parents=True)
+    (empty / "config.toml").write_text((demo_run / "runs" / "soar-demo" / "config.toml").read_text())
+    for args, key in (([f"--eval.checkpoint={empty}", f"--run.output_dir={tmp_path / 'o'}"], "eval.checkpoint"),
+                      ([f"--run.output_dir={empty}"], "run.output_dir")):
+        with pytest.raises(ConfigError, match=f"{key}={empty}.* no complete checkpoint"):
+            sampling_config(load_config(None, args), "sample")

@@ -101,6 +101,9 @@ def sampling_config(cfg: Config, command: str) -> Config:
     e, run, out = cfg.eval, None, cfg.run.output_dir
     if e.checkpoint:
         run = find_run(e.checkpoint)
+        if run is None and _is_run(Path(e.checkpoint)):
+            raise ConfigError(f"eval.checkpoint={e.checkpoint}: a run with no complete checkpoint or "
+                              "transformer/ to sample yet")
         checkpoint = run.transformer if run is not None else e.checkpoint
     elif _is_run(Path(out)):
         run = find_run(out)
