@@ -24,7 +24,8 @@ _SD35L: dict[str, Any] = {
     "dual_attention_layers": (), "qk_norm": "rms_norm",
 }
 # Same block types as sd35m (a dual-attention block, RMS qk-norm), CPU-sized: 2 layers, 64 wide, 0.3M
-# parameters; a whole demo SOAR step (B=4, K=6, 8x8 latents, 154 text tokens) is ~0.1 s of one CPU core.
+# parameters; a whole SOAR step (B=4, K=6, 154 text tokens) is ~0.1 s of one CPU core at 8x8 latents (64 px
+# through SD3's VAE geometry) and ~0.3-0.5 s at the demo's 32x32 (64 px through the toy autoencoder).
 _TINY: dict[str, Any] = {
     "sample_size": 32, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
     "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 64, "caption_projection_dim": 64,
