@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
-from soar_fast.accel.flops import fast_work, reference_work, step_flops
+from soar_fast.accel.flops import fast_work, reference_work, sft_work, step_flops
 from soar_fast.config import AccelConfig, ModelConfig, OptimConfig, SoarConfig
 from soar_fast.models.transformer import build_transformer, preset_config, velocity_fn
 from soar_fast.soar import SigmaGrid, draw
@@ -46,6 +46,9 @@ LARGE_B_AUX_CHUNK = 4 * K
 # benchmark removes the checkpointing itself.)
 NO_REFERENCE_CKPT = "_no_reference_ckpt"
 ENCODE = "_with_reference_encoding"
+# The plain flow-matching baseline (`soar.objective = "sft"`) on the fast switches: what a step costs
+# without the rollout and the aux rows.
+SFT = "_sft_objective"
 
 
 def step_modes(cuda: bool) -> dict[str, dict]:
@@ -54,7 +57,7 @@ def step_modes(cuda: bool) -> dict[str, dict]:
     Each ablation flips one switch of the resolved `fast` default. `fused_kernels` defaults on with
     CUDA and off on CPU (`resolve_accel`), so its ablation is `-no_fused_kernels` there and
     `+fused_kernels` (the eager twins) here."""
-    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}}
+    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}, "sft": {SFT: True}}
     if cuda:
         modes.update({
             "fast-no_compile": {"compile": False},
@@ -111,6 +114,7 @@ class StepRunner:
     """A fresh model + optimizer for one mode, and `__call__` = one optimizer step."""
 
     def __init__(self, preset: str, switches: dict, inputs: Inputs, device: torch.device, *, batch: int):
+        objective = "sft" if switches.get(SFT) else "soar"
         switches = {k: v for k, v in switches.items() if not k.startswith("_")}
         if batch > 4 and not switches:  # the fast default at large B
             switches["aux_chunk"] = LARGE_B_AUX_CHUNK
@@ -128,7 +132,7 @@ class StepRunner:
         self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.model.parameters(),
                                          state=self.accel.optimizer, device=device)
         self.grid = SigmaGrid().to(device)
-        self.soar = SoarConfig(trajectory_length=K)
+        self.soar = SoarConfig(trajectory_length=K, objective=objective)
         self.inputs = inputs
 
     def without_reference_checkpointing(self) -> StepRunner:
@@ -307,7 +311,9 @@ def make_row(built: Built, *, preset: str, resolution: int, batch: int, device: 
     img_tokens = (resolution // 8 // 2) ** 2
     n_aux = K * batch
     accel = built.runner.accel
-    if accel.mode == "reference":
+    if built.runner.soar.objective == "sft":
+        work = sft_work(batch, checkpointing=accel.grad_checkpointing)
+    elif accel.mode == "reference":
         work = reference_work(batch, n_aux)
         if built.switches.get(NO_REFERENCE_CKPT):
             work = dataclasses.replace(work, checkpointing="none")
@@ -320,7 +326,7 @@ def make_row(built: Built, *, preset: str, resolution: int, batch: int, device: 
     switches = built.runner.report.as_dict()
     return {
         "mode": built.name, "preset": preset, "device": device_label(device), "batch": batch,
-        "resolution": resolution, "K": K, "image_tokens": img_tokens, "text_tokens": TEXT_TOKENS,
+        "resolution": resolution, "objective": built.runner.soar.objective, "K": K, "image_tokens": img_tokens, "text_tokens": TEXT_TOKENS,
         "timing": timing, "rounds": len(built.seconds),
         "samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * (img_tokens + TEXT_TOKENS),
         "ms_per_step": 1e3 * median, "ms_min": 1e3 * best,

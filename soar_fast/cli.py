@@ -34,6 +34,7 @@ COMMANDS = {
 }
 PRESET_EXPORTS = {
     "tiny": "soar_fast.models.export:export_tiny_pipeline",
+    "toy": "soar_fast.models.export:export_toy_pipeline",
     "tiny-clip": "soar_fast.eval.tiny_clip:export_tiny_clip",
 }
 OVERRIDE_HELP = ("any config field as --section.key=value (e.g. --train.max_steps=20); lists are "

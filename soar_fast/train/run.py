@@ -16,7 +16,7 @@ from soar_fast.models.folder import check_model_folder
 log = logging.getLogger("soar_fast.train")
 
 # What a run writes (and what `run.overwrite` may delete); demo data is kept, it is reproducible.
-RUN_OUTPUTS = ("checkpoints", "transformer", "tensorboard", "plots", "metrics.jsonl")
+RUN_OUTPUTS = ("checkpoints", "transformer", "tensorboard", "plots", "metrics.jsonl", "samples", "sample", "eval")
 
 
 def main_train(cfg: Config, args: Any) -> int:
