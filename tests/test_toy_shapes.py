@@ -13,8 +13,18 @@ from PIL import Image
 
 from soar_fast.data.scan import scan
 from soar_fast.eval.prompts import GENEVAL_TAGS, load_prompts
-from soar_fast.toy import (CATEGORIES, COLORS, PALETTE, SHAPES, caption, heldout_prompts, is_heldout, render,
-                           write_heldout_prompts, write_shapes_set)
+from soar_fast.toy import (
+    CATEGORIES,
+    COLORS,
+    PALETTE,
+    SHAPES,
+    caption,
+    heldout_prompts,
+    is_heldout,
+    render,
+    write_heldout_prompts,
+    write_shapes_set,
+)
 from soar_fast.toy.relations import relations
 from soar_fast.toy.render import layout
 from soar_fast.toy.split import HELDOUT_PAIRS, HELDOUT_SPACE, TRAIN_SPACE

@@ -6,7 +6,8 @@ is its projection on the line from the background to k, and its distance from th
 the blend leaves unexplained. A pixel is of colour k when it is more k than background (weight ≥ ½,
 which puts an anti-aliased or blurred edge where the sharp edge was) and k explains it best, within a
 tolerance. Connected regions of one colour are objects; specks, sprawls and thin smears are not.
-The shape comes from the region's geometry (how much of its box it fills, how its corners fill).
+The shape comes from moments of the region's blend weights (shape.py). docs/experiments.md gives the
+accuracies on clean, blurred and noisy pictures.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ NOISE_TOLERANCE = 3.5
 MAX_TOLERANCE = 90.0
 # Border noise σ beyond which the background is not plain and nothing in the image is trusted.
 MAX_NOISE = 45.0
-# Regions smaller than this many pixels per 32×32 of image are specks; regions filling under
-# MIN_FILL of their box, or longer than MAX_ASPECT to one, are smears, not shapes (the shapes fill
-# half their box or more, at aspect 1).
+# Regions of fewer pixels than MIN_AREA are specks (a 6 px triangle still has 15); regions filling
+# under MIN_FILL of their box, or longer than MAX_ASPECT to one, are smears, not shapes (the shapes
+# fill half their box or more, at aspect 1).
 MIN_AREA = 10
 MIN_FILL = 0.35
 MAX_ASPECT = 2.0
@@ -113,11 +114,10 @@ def detect(image: Image.Image) -> list[Detection]:
     if noise > MAX_NOISE:
         return []
     labels, weight = colour_map(rgb, bg, min(max(TOLERANCE, NOISE_TOLERANCE * noise), MAX_TOLERANCE))
-    min_area = MIN_AREA * h * w / 1024
     found = []
     for k, color in enumerate(COLORS):
         for pixels in components(labels == k):
-            if len(pixels) < min_area:
+            if len(pixels) < MIN_AREA:
                 continue
             x0, y0, x1, y1 = box = _box(pixels, w)
             bw, bh = x1 - x0, y1 - y0
