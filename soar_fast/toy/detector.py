@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from soar_fast.toy.palette import COLORS, PALETTE
-from soar_fast.toy.shape import classify, dilate, moments
+from soar_fast.toy.shape import MAX_RINGS, classify, moments, rings, territories
 
 _PALETTE = np.array([PALETTE[c] for c in COLORS], dtype=np.float64)
 # A pixel's colour may miss its blend line by TOLERANCE RGB units, or by NOISE_TOLERANCE noise σ when
@@ -27,12 +27,15 @@ _PALETTE = np.array([PALETTE[c] for c in COLORS], dtype=np.float64)
 TOLERANCE = 60.0
 NOISE_TOLERANCE = 3.5
 MAX_TOLERANCE = 90.0
-# Border noise σ beyond which the background is not plain and nothing in the image is trusted.
-MAX_NOISE = 45.0
+# Border noise σ beyond which the background is not plain and nothing in the image is trusted (at 50
+# a 32 px picture still keeps 0.79 of its clean score, at 70 under 0.2).
+MAX_NOISE = 70.0
 # Regions of fewer pixels than MIN_AREA are specks (a 6 px triangle still has 15); regions filling
 # under MIN_FILL of their box, or longer than MAX_ASPECT to one, are smears, not shapes (the shapes
 # fill half their box or more, at aspect 1).
 MIN_AREA = 10
+# Above this border noise σ, the edge halo is noise as much as blur: moments use the one-pixel ring.
+SHARP_NOISE = 8.0
 MIN_FILL = 0.35
 MAX_ASPECT = 2.0
 
@@ -114,21 +117,22 @@ def detect(image: Image.Image) -> list[Detection]:
     if noise > MAX_NOISE:
         return []
     labels, weight = colour_map(rgb, bg, min(max(TOLERANCE, NOISE_TOLERANCE * noise), MAX_TOLERANCE))
-    found = []
-    for k, color in enumerate(COLORS):
+    regions = []
+    for k in range(len(COLORS)):
         for pixels in components(labels == k):
-            if len(pixels) < MIN_AREA:
-                continue
             x0, y0, x1, y1 = box = _box(pixels, w)
             bw, bh = x1 - x0, y1 - y0
-            if len(pixels) < MIN_FILL * bw * bh or not 1 / MAX_ASPECT <= bw / bh <= MAX_ASPECT:
-                continue
-            # Moments do not depend on where the object is: work in its box and a one-pixel ring.
-            cy, cx = slice(max(y0 - 1, 0), y1 + 1), slice(max(x0 - 1, 0), x1 + 1)
-            region = np.zeros(h * w, dtype=bool)
-            region[pixels] = True
-            near = labels[cy, cx]
-            window = dilate(region.reshape(h, w)[cy, cx]) & ((near == -1) | (near == k))
-            m = moments(np.where(window, np.clip(weight[cy, cx, k], 0.0, 1.0), 0.0))
-            found.append(Detection(color, classify(m), box, len(pixels)))
+            if len(pixels) >= MIN_AREA and len(pixels) >= MIN_FILL * bw * bh and 1 / MAX_ASPECT <= bw / bh <= MAX_ASPECT:
+                regions.append((k, pixels, box))
+    owner, distance = territories([pixels for _, pixels, _ in regions], (h, w))
+    found = []
+    for index, (k, pixels, (x0, y0, x1, y1)) in enumerate(regions):
+        # Moments do not depend on where the object is: work in its box and the widest ring.
+        cy = slice(max(y0 - MAX_RINGS, 0), y1 + MAX_RINGS)
+        cx = slice(max(x0 - MAX_RINGS, 0), x1 + MAX_RINGS)
+        mine = owner[cy, cx] == index
+        own = np.clip(weight[cy, cx, k], 0.0, 1.0)
+        ring = rings(mine, distance[cy, cx], own) if noise <= SHARP_NOISE else 1
+        m = moments(np.where(mine & (distance[cy, cx] <= ring), own, 0.0))
+        found.append(Detection(COLORS[k], classify(m), (x0, y0, x1, y1), len(pixels)))
     return sorted(found, key=lambda d: (-d.area, d.box[1], d.box[0]))
