@@ -82,6 +82,13 @@ def test_same_seed_same_bytes_and_rewriting_is_a_no_op(shapes, tmp_path):
     assert other.read_bytes() != jsonl.read_bytes()
 
 
+def test_undrawable_tags_are_refused_with_the_clause():
+    with pytest.raises(ValueError, match="'class': 'hexagon'"):
+        render({"tag": "single_object", "include": [{"class": "hexagon", "count": 1}]}, 32, 0)
+    with pytest.raises(ValueError, match="5 objects"):
+        render({"tag": "counting", "include": [{"class": "circle", "count": 3}, {"class": "square", "count": 2}]}, 32, 0)
+
+
 def test_wrong_sizes_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="side=40"):
         write_shapes_set(tmp_path, size=4, side=40)

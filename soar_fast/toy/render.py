@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from soar_fast.toy.palette import BACKGROUND_LEVELS, BACKGROUND_TINT, COLORS, PALETTE
+from soar_fast.toy.palette import BACKGROUND_LEVELS, BACKGROUND_TINT, COLORS, PALETTE, SHAPES
 from soar_fast.toy.relations import revised_offset
 
 SUPERSAMPLE = 4
@@ -87,8 +87,14 @@ def layout(tags: dict, side: int, rng: random.Random | int | None = None) -> lis
     """Objects satisfying `tags`: each include clause's count of its shape, in its colour when it
     names one and a uniform palette colour when not."""
     rng = _rng(rng)
+    for req in tags["include"]:
+        if req["class"] not in SHAPES or req.get("color", COLORS[0]) not in PALETTE or not 1 <= req["count"] <= 4:
+            raise ValueError(f"tags.include: {req} is not drawable (shapes {', '.join(SHAPES)}; colours "
+                             f"{', '.join(COLORS)}; 1 to 4 objects)")
     objects = [(req["class"], req.get("color") or rng.choice(COLORS))
                for req in tags["include"] for _ in range(req["count"])]
+    if not 1 <= len(objects) <= max(SIZE_RANGE):
+        raise ValueError(f"tags.include: {len(objects)} objects; 1 to {max(SIZE_RANGE)} can be drawn")
     relation = next((r["position"][0] for r in tags["include"] if "position" in r), None)
     boxes = _boxes(len(objects), side, rng, relation)
     return [Placed(shape, color, box) for (shape, color), box in zip(objects, boxes)]

@@ -8,7 +8,7 @@ three shapes apart, both unchanged by scale and, in the continuum, by Gaussian b
 the second cumulant of every projection and to nothing above it):
 
 - `skew`: the third cumulant of the vertical projection over area^1.5 (× 100). An upright triangle
-  −2.10 (its mass sits low), a triangle standing on its apex +2.09, circle and square 0.
+  −2.10 (its mass sits low), a triangle standing on its apex +2.10, circle and square 0.
 - `corners`: the fourth cumulant of the diagonal projections minus that of the axis ones, over
   area² (× 1000). A square +4.17 (its projection is uniform along an axis and triangular along a
   diagonal), a circle 0 (the same in every direction), an upright triangle +0.12.

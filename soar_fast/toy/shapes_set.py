@@ -26,7 +26,8 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 def write_shapes_set(folder: str | Path, *, size: int, side: int = 32, seed: int = 0) -> Path:
     """`size` side × side PNGs and `data.jsonl` (md5, caption_en, bw, bh and the GenEval `tags` of
-    the caption) into `folder`, a pure function of (size, side, seed); returns the JSONL path."""
+    the caption) into `folder`: the same pixels and lines for the same (size, side, seed); returns the
+    JSONL path."""
     if side <= 0 or side % 16:
         raise ValueError(f"side={side} must be a positive multiple of 16 (the bucket rule of docs/data.md)")
     if size <= 0:
