@@ -23,13 +23,13 @@ class Protocol:
     head_dim: int = 32
     init_seed: int = 0
     # Pretraining the shared base (SFT).
-    base_steps: int = 1500
+    base_steps: int = 1200
     base_lr: float = 1e-3
     base_warmup: int = 100
     batch_size: int = 32
     # Post-training from the base: SFT and SOAR for the same steps, SFT also for SOAR's FLOPs.
-    post_steps: int = 100
-    post_lr: float = 1e-4
+    post_steps: int = 60
+    post_lr: float = 3e-4
     post_checkpoints: int = 2
     """Checkpoints per post-training run (evenly spaced; the last is the end): the score-vs-step points."""
     seeds: tuple[int, ...] = (1, 2, 3)
@@ -49,7 +49,7 @@ class Protocol:
         return asdict(self)
 
 
-FULL = Protocol(name="full", train_images=3000, heldout_prompts=120)
+FULL = Protocol(name="full", train_images=3000, heldout_prompts=60)
 
 # The test suite's size: every stage runs, nothing is meant to be learnt.
 SMOKE = Protocol(name="smoke", train_images=24, heldout_prompts=6, layers=1, heads=2, head_dim=16,
