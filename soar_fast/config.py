@@ -24,6 +24,7 @@ from soar_fast.config_rules import (
     between,
     demo_fills_a_batch,
     image_side,
+    lora_init,
     ruled,
 )
 
@@ -159,6 +160,32 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = ruled(0, at_least(0))
+    """LoRA rank r (peft adapters on the transformer, docs/lora.md). 0 = off: full fine-tuning of every
+    weight. With r > 0 only the adapter trains; the base is frozen and stored in
+    `train.mixed_precision`'s dtype (bf16 under "bf16": no fp32 copy of frozen weights)."""
+    alpha: float | None = ruled(None, above(0))
+    """LoRA alpha; the adapter's update is scaled by alpha / rank. None = rank (scale 1, as diffusers'
+    SD3 LoRA scripts set it)."""
+    dropout: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Dropout on the adapter's input in every training forward (rollout included); its random stream is
+    part of the checkpoint, so resume stays exact."""
+    target_modules: list[str] = field(default_factory=lambda: ["attention"])
+    """Linear layers that get an adapter: module names (a name matches every module whose path ends with
+    it, e.g. `to_q` or `attn.to_q`) and presets: `attention` = to_q, to_k, to_v, to_out.0 and the joint
+    blocks' add_q_proj, add_k_proj, add_v_proj, to_add_out (what diffusers' SD3 LoRA scripts target);
+    `mlp` = the feed-forward Linears ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2;
+    `attention+mlp` = both."""
+    init: str = ruled("true", lora_init())
+    """peft's `init_lora_weights`: "true" (Kaiming A, zero B: the adapter starts as a no-op), "gaussian"
+    (normal A with std 1/r, zero B; diffusers' SD3 scripts), "orthogonal" (even rank; starts non-zero),
+    "false" (random A and B, for tests), or "pissa" / "pissa_niter_N" / "olora", which move the top
+    singular (QR) directions of each base weight into the adapter and leave the residual as the frozen
+    base (exports convert the adapter back to a delta on the original base, docs/lora.md)."""
+
+
+@dataclass
 class CheckpointConfig:
     every: int = ruled(100, at_least(0))
     """Save a checkpoint every this many steps (0 = only at the end; reference: 500)."""
@@ -272,7 +299,8 @@ class EvalConfig:
     seed: int = ruled(0, at_least(0))
     """Base seed; image i of row r uses seed + r * images_per_prompt + i."""
     checkpoint: str | None = None
-    """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
+    """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights, or a
+    LoRA run's `lora/` (or a checkpoint holding one): that adapter on its base, merged."""
     compile: bool = True
     """Compile each transformer block and replay the sampler forward from a CUDA graph; CUDA only."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -292,6 +320,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -4,6 +4,8 @@ transformer, the sampler, and the encode → sample → decode path shared by `s
 The base comes from `model.path` (a local SD3 diffusers folder) or, without one, the preset with the
 demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/` folder) replaces the
 base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
+A LoRA checkpoint or export (a `lora/` folder, or a folder holding one) is applied to the base it was
+trained on (`model.path`, else the recorded preset) and merged into it before sampling.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
                   transformer: torch.nn.Module | None = None) -> SamplingPipeline:
     """Load the base parts (and `eval.checkpoint`) for sampling on `device`; `transformer` overrides both."""
     from soar_fast.data.encoders import load_encoders
+    from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer
     from soar_fast.models.transformer import build_transformer, load_transformer, scheduler_config
 
     dtype = resolve_dtype(eval_cfg.dtype, device)
@@ -86,7 +89,12 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
                                                             max_sequence_length=eval_cfg.max_sequence_length),
                              device)
     if transformer is None:
-        if eval_cfg.checkpoint:
+        if eval_cfg.checkpoint and find_adapter_folder(eval_cfg.checkpoint) is not None:
+            folder = find_adapter_folder(eval_cfg.checkpoint)
+            # Merged once: sampling then runs plain Linear layers (and compiles like the base model).
+            transformer = merged_transformer(adapted_transformer(folder, path=model_cfg.path))
+            log.info("sampling with the LoRA adapter of %s merged into its base", folder)
+        elif eval_cfg.checkpoint:
             transformer = load_transformer(eval_cfg.checkpoint, dtype=dtype)
             log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
         else:

@@ -1,7 +1,7 @@
 """The training loop: steps, log steps (the only host syncs), checkpoints, a clean stop on a signal.
 
 Outputs under `run.output_dir`: metrics.jsonl, tensorboard/, plots/loss.png, checkpoints/step-N/,
-and the final transformer/ (in `model.dtype`).
+and the final transformer/ (in `model.dtype`), or with LoRA the final adapter lora/.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import torch
 
 from soar_fast.atomic import save_folder_atomically
 from soar_fast.errors import UserError
+from soar_fast.models.lora import info_of
+from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
+from soar_fast.models.lora_io import save_adapter
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
 from soar_fast.train.checkpoint import save_checkpoint, save_transformer
 from soar_fast.train.metrics import MetricsLog
@@ -196,9 +199,14 @@ def fit(trainer: Trainer) -> str:
     return status
 
 
-def save_final(trainer: Trainer) -> str:
-    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters)."""
+def save_final(trainer: Trainer, model: torch.nn.Module | None = None) -> str:
+    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters), or with LoRA
+    `<output_dir>/lora/`: the adapter in diffusers' LoRA format, relative to the original base.
+    `model`: the weights to export (default: the trainer's; e.g. averaged weights swapped in)."""
     dtype = torch.bfloat16 if trainer.cfg.model.dtype == "bfloat16" else torch.float32
+    model = trainer.model if model is None else model
+    if info_of(model) is not None:
+        return save_final_adapter(trainer, model, dtype)
     final = os.path.join(trainer.cfg.run.output_dir, "transformer")
     if trainer.dist.has_group:
         # Gathered to rank 0 (a collective for FSDP2 shards), written there, renamed into place.
@@ -206,9 +214,22 @@ def save_final(trainer: Trainer) -> str:
         from soar_fast.parallel.export import export_transformer
 
         with atomic_folder(final, trainer.dist) as tmp:
-            export_transformer(trainer.model, tmp, trainer.dist, dtype=dtype)
+            export_transformer(model, tmp, trainer.dist, dtype=dtype)
         return final
-    save_folder_atomically(final, lambda tmp: save_transformer(trainer.model, tmp, dtype=dtype))
+    save_folder_atomically(final, lambda tmp: save_transformer(model, tmp, dtype=dtype))
+    return final
+
+
+def save_final_adapter(trainer: Trainer, model: torch.nn.Module, dtype: torch.dtype) -> str:
+    final = os.path.join(trainer.cfg.run.output_dir, LORA_FOLDER)
+    if trainer.dist.has_group:
+        from soar_fast.parallel.dcp import atomic_folder
+        from soar_fast.parallel.export import export_adapter
+
+        with atomic_folder(final, trainer.dist) as tmp:
+            export_adapter(model, tmp, trainer.dist, dtype=dtype, base_relative=True)
+        return final
+    save_folder_atomically(final, lambda tmp: save_adapter(unwrap(model), tmp, dtype=dtype, base_relative_export=True))
     return final
 
 
