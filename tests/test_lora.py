@@ -131,8 +131,8 @@ def _fast(model, accel: AccelConfig, paths: int):
     return parts.loss, _grads(model)
 
 
-def check_lora_step(accel: AccelConfig, paths: int = 1) -> torch.nn.Module:
-    base = adapted()
+def check_lora_step(accel: AccelConfig, paths: int = 1, targets: tuple[str, ...] = ("attention+mlp",)) -> torch.nn.Module:
+    base = adapted(targets=targets)
     model = copy.deepcopy(base)
     loss_ref, grads_ref = _oracle(base, paths)
     loss, grads = _fast(model, accel, paths)
@@ -166,7 +166,8 @@ def test_lora_step_compiled(monkeypatch):
 
     torch._dynamo.reset()
     monkeypatch.setattr(compile_mod, "DEFAULT_BACKEND", "aot_eager")
-    check_lora_step(dataclasses.replace(ALL_OFF, **dict(ALL_CPU, aux_chunk=0, grad_checkpointing="none"), compile=True))
+    # Serial aux forwards: the main and aux forwards share one shape, the rollout has the other (fewest graphs).
+    check_lora_step(dataclasses.replace(ALL_OFF, compile=True), targets=("to_q", "ff.net.2"))
 
 
 def test_float8_converts_the_frozen_base_and_keeps_the_lora_branches(monkeypatch):
