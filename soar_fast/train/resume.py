@@ -139,7 +139,7 @@ def restore_full_checkpoint(trainer: Any, path: str) -> None:
     else:
         weights = read_transformer_weights(os.path.join(path, "transformer"))
     set_state_dict(trainer.model, trainer.optimizer, model_state_dict=weights, optim_state_dict=optim,
-                   options=StateDictOptions(full_state_dict=True, ignore_frozen_params=lora))
+                   options=StateDictOptions(full_state_dict=True, ignore_frozen_params=lora, strict=not lora))
     trainer.step = int(state["step"])
     trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
     if d.rank == 0:
