@@ -142,7 +142,8 @@ def step_flops_of(cfg: Config, config: dict[str, Any], shapes: RunShapes, accel:
         work = reference_work(B, aux_rows)
     else:
         work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond,
-                         checkpointing="full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing)
+                         checkpointing="full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing,
+                         frozen_weights=int(cfg.lora.rank) > 0)
     n_image = image_tokens(config, shapes.latent_hw)
     accum = max(int(cfg.train.gradient_accumulation_steps), 1)
     return accum * step_flops(config, n_image, shapes.text_tokens, work)
