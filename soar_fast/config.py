@@ -173,9 +173,10 @@ class LoraConfig:
     part of the checkpoint, so resume stays exact."""
     target_modules: list[str] = field(default_factory=lambda: ["attention"])
     """Linear layers that get an adapter: module names (a name matches every module whose path ends with
-    it, e.g. `to_q` or `attn.to_q`) and presets: `attention` = to_q, to_k, to_v, to_out.0 and the joint
-    blocks' add_q_proj, add_k_proj, add_v_proj, to_add_out (what diffusers' SD3 LoRA scripts target);
-    `mlp` = the feed-forward Linears ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2;
+    it: `to_q` matches attn.to_q and attn2.to_q) and presets: `attention` = attn.to_q, attn.to_k, attn.to_v,
+    attn.to_out.0, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj, attn.to_add_out (the joint attention
+    of both streams: what diffusers' SD3 LoRA script targets; SD3.5-M's `attn2` is not in it); `mlp` = the
+    feed-forward Linears ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2;
     `attention+mlp` = both."""
     init: str = ruled("true", lora_init())
     """peft's `init_lora_weights`: "true" (Kaiming A, zero B: the adapter starts as a no-op), "gaussian"

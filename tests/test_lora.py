@@ -53,13 +53,18 @@ def test_the_train_command_refuses_a_bad_target_before_building_anything(tmp_pat
 
 
 def test_presets_expand_and_tolerate_layers_an_architecture_lacks():
-    assert resolve_targets(["attention+mlp", "to_q", "mlp"]) == [*ATTENTION, *MLP]
+    assert resolve_targets(["attention+mlp", "attn.to_q", "mlp", "to_q"]) == [*ATTENTION, *MLP, "to_q"]
     model = adapted(targets=("attention",))
     wrapped = {n.rsplit(".", 1)[0] for n, _ in model.named_modules() if n.endswith(".lora_A")}
-    # The last (context_pre_only) block has no to_add_out; block 0 (dual attention) has attn2.
+    # The last (context_pre_only) block has no to_add_out; the dual-attention `attn2` is not in the preset
+    # (diffusers' SD3 script's list), but a bare name matches it.
     assert "transformer_blocks.0.attn.to_add_out" in wrapped and "transformer_blocks.1.attn.to_add_out" not in wrapped
-    assert "transformer_blocks.0.attn2.to_q" in wrapped
+    assert "transformer_blocks.0.attn.to_q" in wrapped and not any(".attn2." in n for n in wrapped)
     assert not any(".ff." in n for n in wrapped)
+    bare = adapted(targets=("to_q",))
+    assert {n for n, _ in bare.named_modules() if n.endswith("to_q.lora_A")} == {
+        "transformer_blocks.0.attn.to_q.lora_A", "transformer_blocks.0.attn2.to_q.lora_A",
+        "transformer_blocks.1.attn.to_q.lora_A"}
     assert model.soar_lora.target_modules == list(ATTENTION)
 
 

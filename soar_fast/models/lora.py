@@ -26,9 +26,11 @@ from soar_fast.config_io import ConfigError
 ADAPTER = "default"
 """The peft adapter name the trainer adds (peft's default; it never appears in saved keys)."""
 
-# What diffusers' SD3 LoRA scripts target (attention of both streams, incl. the dual-attention `attn2`),
-# and the feed-forward Linears of both streams.
-ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# What diffusers' SD3 LoRA script (train_dreambooth_lora_sd3.py) targets by default: the joint attention
+# of both streams (SD3.5-M's extra image self-attention `attn2` is not in it), and the feed-forward
+# Linears of both streams.
+ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+             "attn.add_v_proj", "attn.to_add_out")
 MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {"attention": ATTENTION, "mlp": MLP, "attention+mlp": ATTENTION + MLP}
 
