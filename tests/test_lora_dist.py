@@ -74,6 +74,12 @@ def _worker(tmp: str) -> None:
             before = full_state_dict(trainer.model, d)
             assert fit(trainer) == "done"
             results[f"run-{strategy}"] = {"before": before, "after": full_state_dict(trainer.model, d)}
+        # bf16 base + fp32 adapter in one FSDP2 group (mixed dtypes in one all-gather).
+        trainer = Trainer.build(tiny_config(os.path.join(tmp, "run-bf16"), [
+            *TRAIN, "--parallel.strategy=fsdp2", "--train.mixed_precision=bf16", "--train.max_steps=1"]),
+            source=FakeSource(seed=d.rank), dist=d)
+        results["bf16"] = {"dtypes": sorted({(p.requires_grad, str(p.dtype)) for p in trainer.model.parameters()}),
+                           "status": fit(trainer)}
         if d.is_main:
             torch.save(results, os.path.join(tmp, "results.pt"))
     shutdown(d)
@@ -135,6 +141,12 @@ def test_sharded_checkpoints_and_export_hold_the_adapter_alone(two_rank_lora, st
     assert final.keys() == trained.keys()
     for key, value in trained.items():
         assert torch.equal(final[key], value), key
+
+
+def test_fsdp2_shards_a_bf16_base_beside_an_fp32_adapter(two_rank_lora):
+    tmp, results = two_rank_lora
+    assert results["bf16"] == {"dtypes": [(False, "torch.bfloat16"), (True, "torch.float32")], "status": "done"}
+    assert os.path.isfile(os.path.join(tmp, "run-bf16", "lora", "pytorch_lora_weights.safetensors"))
 
 
 def test_one_process_resumes_a_two_rank_lora_checkpoint(two_rank_lora, tmp_path):
