@@ -56,8 +56,9 @@ class ModelConfig:
     """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
     Loaded with local files only: nothing is ever downloaded."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the exported final `transformer/`. Training always keeps fp32 master weights (and
-    checkpoints store them, for exact resume); bf16 compute is `train.mixed_precision`."""
+    """Dtype of the exported final `transformer/` (or `lora/` adapter). Training keeps fp32 master weights
+    of everything it trains (and checkpoints store them, for exact resume); bf16 compute is
+    `train.mixed_precision`. A LoRA run's frozen base is stored in the compute dtype (`lora.rank`)."""
     resolution: int = ruled(64, image_side(widest_aspect=DEMO_WIDEST_ASPECT))
     """Image side in pixels for the built-in demo data and for benchmark inputs (reference: 512)."""
 
