@@ -179,8 +179,9 @@ def test_float8_converts_the_frozen_base_and_keeps_the_lora_branches(monkeypatch
     """accel.float8 with LoRA: the base Linears become Float8Linear (frozen), lora_A/lora_B stay Linear
     in the compute dtype, and the step's gradients reach the adapter only. torch's CPU float8 matmul
     stands in for the sm_89+ GPU the switch otherwise requires."""
-    import soar_fast.accel.float8 as float8_mod
     from torchao.float8.float8_linear import Float8Linear
+
+    import soar_fast.accel.float8 as float8_mod
 
     monkeypatch.setattr(float8_mod, "check_float8_supported", lambda device: None)
     model = adapted()

@@ -67,7 +67,7 @@ def run(tiny_folder, tmp_path_factory):
 def test_checkpoints_and_the_export_hold_the_adapter_alone(run, tiny_folder):
     from safetensors import safe_open
 
-    out, model = run
+    out, _ = run
     for folder in (out / "checkpoints" / "step-1" / "lora", out / "checkpoints" / "step-2" / "lora", out / "lora"):
         assert sorted(p.name for p in folder.iterdir()) == ["pytorch_lora_weights.safetensors", "soar_lora.json"]
         with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as f:

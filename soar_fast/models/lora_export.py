@@ -20,7 +20,12 @@ from soar_fast.atomic import save_folder_atomically
 from soar_fast.config import Config
 from soar_fast.errors import OutputExistsError
 from soar_fast.models.folder import ModelFolderError
-from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer, save_adapter
+from soar_fast.models.lora_io import (
+    adapted_transformer,
+    find_adapter_folder,
+    merged_transformer,
+    save_adapter,
+)
 
 log = logging.getLogger(__name__)
 

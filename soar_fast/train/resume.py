@@ -22,6 +22,9 @@ from typing import Any
 import torch
 
 from soar_fast.config import ParallelConfig
+from soar_fast.models.lora import info_of, module_key
+from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
+from soar_fast.models.lora_io import read_adapter
 from soar_fast.parallel.dcp import (
     atomic_folder,
     is_sharded_state,
@@ -30,9 +33,6 @@ from soar_fast.parallel.dcp import (
     saved_world,
 )
 from soar_fast.parallel.env import Dist
-from soar_fast.models.lora import info_of, module_key
-from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
-from soar_fast.models.lora_io import read_adapter
 from soar_fast.parallel.export import export_adapter, export_transformer
 from soar_fast.parallel.wrap import unwrap
 from soar_fast.seeds import fresh_root_seed
