@@ -132,6 +132,15 @@ def test_pissa_export_is_a_delta_on_the_original_base(tiny_folder, tmp_path):
         assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.r"] == 8
     pipe = load_pipeline_with(tiny_folder, out / "lora")
     assert_close(output(pipe.transformer.eval()), output(model))
+    # `soar-fast export` from the residual checkpoint converts it the same way; --merge needs no conversion.
+    from diffusers import SD3Transformer2DModel
+
+    from soar_fast import cli
+
+    assert cli.main(["export", str(out / "checkpoints" / "step-2"), str(tmp_path / "converted")]) == 0
+    assert_close(output(load_pipeline_with(tiny_folder, tmp_path / "converted").transformer.eval()), output(model))
+    assert cli.main(["export", "--merge", str(out / "checkpoints" / "step-2"), str(tmp_path / "merged")]) == 0
+    assert_close(output(SD3Transformer2DModel.from_pretrained(tmp_path / "merged")), output(model))
 
 
 @pytest.mark.parametrize("extra", [["--lora.dropout=0.2", "--soar.num_rollout_paths=2"],
