@@ -199,4 +199,6 @@ CROSS_RULES: tuple[CrossRule, ...] = (
     CrossRule("accel.fuse_main_into_aux",
               lambda c: not (c.accel.mode == "fast" and c.accel.fuse_main_into_aux and not c.accel.batched_aux),
               "false while accel.batched_aux = false (there is no single aux forward to fuse into)"),
+    CrossRule("eval.preview_ema", lambda c: not (c.eval.preview_ema and c.ema.decay == 0),
+              "false while ema.decay = 0 (no EMA is kept to preview)"),
 )

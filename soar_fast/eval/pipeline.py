@@ -4,6 +4,7 @@ transformer, the sampler, and the encode → sample → decode path shared by `s
 The base comes from `model.path` (a local SD3 diffusers folder) or, without one, the preset with the
 demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/` folder) replaces the
 base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
+`eval.use_ema` takes that checkpoint's EMA weights instead (models/ema_folder.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from soar_fast.config import DataConfig, EvalConfig, ModelConfig
+from soar_fast.config_io import ConfigError
 from soar_fast.eval.sampler import FlowSampler, initial_noise
 from soar_fast.models.vae import decode, scale_factor
 
@@ -86,7 +88,15 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
                                                             max_sequence_length=eval_cfg.max_sequence_length),
                              device)
     if transformer is None:
-        if eval_cfg.checkpoint:
+        if eval_cfg.use_ema:
+            from soar_fast.models.ema_folder import load_ema_transformer
+
+            if not eval_cfg.checkpoint:
+                raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
+                                  "folder (or its transformer/) with transformer_ema/ beside it")
+            transformer = load_ema_transformer(eval_cfg.checkpoint, dtype=dtype)
+            log.info("sampling with the EMA weights of %s", eval_cfg.checkpoint)
+        elif eval_cfg.checkpoint:
             transformer = load_transformer(eval_cfg.checkpoint, dtype=dtype)
             log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
         else:

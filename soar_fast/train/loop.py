@@ -1,7 +1,7 @@
 """The training loop: steps, log steps (the only host syncs), checkpoints, a clean stop on a signal.
 
 Outputs under `run.output_dir`: metrics.jsonl, tensorboard/, plots/loss.png, checkpoints/step-N/,
-and the final transformer/ (in `model.dtype`).
+and the final transformer/ (in `model.dtype`), with `transformer_ema/` beside it when `ema.decay` > 0.
 """
 
 from __future__ import annotations
@@ -171,14 +171,19 @@ def fit(trainer: Trainer) -> str:
                     # Every rank runs the sampler (FSDP2 forwards are collectives); rank 0 writes the grid.
                     render_preview(unwrap(trainer.model), preview, step=step, output_dir=out,
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
+                    if cfg.eval.preview_ema:
+                        with trainer.ema.swapped_in():
+                            render_preview(unwrap(trainer.model), preview, step=step, output_dir=out, suffix="-ema",
+                                           writer=getattr(metrics, "writer", None), write=trainer.is_main)
                 if is_save and last_saved != step:
                     if trainer.sharded_checkpoints:
                         from soar_fast.train.resume import save_sharded_checkpoint
 
                         saved = save_sharded_checkpoint(trainer, out, step, total_limit=cfg.checkpoint.total_limit)
                     else:
+                        ema = None if trainer.ema is None else (trainer.ema.full_tensors(d), trainer.ema.meta(step))
                         saved = save_checkpoint(out, step, transformer=unwrap(trainer.model), state=trainer.state_dict(),
-                                                total_limit=cfg.checkpoint.total_limit).path
+                                                total_limit=cfg.checkpoint.total_limit, ema=ema).path
                     last_saved = step
                     metrics.plot()
                     log.info("saved %s", saved)
@@ -197,9 +202,21 @@ def fit(trainer: Trainer) -> str:
 
 
 def save_final(trainer: Trainer) -> str:
-    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters)."""
+    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters), and the EMA
+    weights as `transformer_ema/` beside it (the same export with the EMA swapped in)."""
+    final = export_final(trainer, "transformer")
+    if trainer.ema is not None:
+        from soar_fast.models.ema_folder import EMA_EXPORT
+
+        with trainer.ema.swapped_in():
+            export_final(trainer, EMA_EXPORT)
+    return final
+
+
+def export_final(trainer: Trainer, name: str) -> str:
+    """The live weights as a diffusers folder `<output_dir>/<name>/` in `model.dtype`, written atomically."""
     dtype = torch.bfloat16 if trainer.cfg.model.dtype == "bfloat16" else torch.float32
-    final = os.path.join(trainer.cfg.run.output_dir, "transformer")
+    final = os.path.join(trainer.cfg.run.output_dir, name)
     if trainer.dist.has_group:
         # Gathered to rank 0 (a collective for FSDP2 shards), written there, renamed into place.
         from soar_fast.parallel.dcp import atomic_folder

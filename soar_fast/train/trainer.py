@@ -2,7 +2,8 @@
 
   resolve device → random streams → data source → transformer (preset sized to the data, or
   `model.path`) → sigma grid → resolve `[accel]` once → eager step pieces → `apply_accel` →
-  DDP/FSDP2 (`parallel.wrap`) → step options → optimizer → LR schedule
+  DDP/FSDP2 (`parallel.wrap`) → step options → optimizer → LR schedule → EMA of the optimizer's
+  parameters (`[ema]`, sharded like them)
 
 Each builder takes only its own config section. `Trainer.train_step` is one optimizer step
 (accumulation, clipping, schedule) around `soar_step`; the loop with logging, checkpoints and
@@ -40,6 +41,7 @@ from soar_fast.parallel import (
 )
 from soar_fast.seeds import stream_seed
 from soar_fast.soar import LossParts, SigmaGrid, draw
+from soar_fast.train.ema import Ema, build_ema
 from soar_fast.train.optim import build_lr_scheduler, build_optimizer
 from soar_fast.train.rng import RngStreams
 from soar_fast.train.step import StepFns, StepOptions, drop_conditions, soar_step, step_options
@@ -98,6 +100,8 @@ class Trainer:
     dist: Dist = field(default_factory=Dist)
     predicted_peak_bytes: int | None = None
     """The planner's predicted peak of one step on this rank (`log.plan_memory`), for the log."""
+    ema: Ema | None = None
+    """The EMA of the trained parameters (`ema.decay` > 0), updated in `apply_update`."""
     _batches: Any = field(default=None, repr=False)
 
     @classmethod
@@ -141,8 +145,10 @@ class Trainer:
         opts = step_options(accel, mixed_precision=cfg.train.mixed_precision)
         optimizer = build_optimizer(cfg.optim, model.parameters(), state=accel.optimizer, device=device)
         lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
+        ema = build_ema(cfg.ema, model, optimizer)
         return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
-                   optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist)
+                   optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist,
+                   ema=ema)
 
     @property
     def is_main(self) -> bool:
@@ -217,6 +223,8 @@ class Trainer:
     def apply_update(self) -> None:
         self.optimizer.step()
         after_optimizer_step(self.model)  # float8 + FSDP2: next all-gather's weight scales (else no-op)
+        if self.ema is not None:
+            self.ema.after_optimizer_step(self.step + 1)  # the loop advances `self.step` after this call
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
