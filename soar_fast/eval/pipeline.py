@@ -84,9 +84,6 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
 
     dtype = resolve_dtype(eval_cfg.dtype, device)
     enc_dtype = "bfloat16" if dtype == torch.bfloat16 else "float32"
-    encoders = load_encoders(model_cfg, dataclasses.replace(DataConfig(), encoder_dtype=enc_dtype,
-                                                            max_sequence_length=eval_cfg.max_sequence_length),
-                             device)
     if transformer is None:
         if eval_cfg.use_ema:
             from soar_fast.models.ema_folder import load_ema_transformer
@@ -101,6 +98,10 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
             log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
         else:
             transformer = build_transformer(model_cfg)
+    # After the transformer: a wrong eval.checkpoint fails before the text encoders load.
+    encoders = load_encoders(model_cfg, dataclasses.replace(DataConfig(), encoder_dtype=enc_dtype,
+                                                            max_sequence_length=eval_cfg.max_sequence_length),
+                             device)
     transformer = _to(transformer, device, dtype).requires_grad_(False).eval()
     vae = _to(encoders.vae, device, dtype)
     channels = int(transformer.config.in_channels)
