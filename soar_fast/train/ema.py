@@ -86,8 +86,8 @@ class Ema:
 
     def _local(self) -> list[torch.Tensor]:
         """The tensors this rank holds: the parameters, or their local shards under FSDP2. Taken afresh
-        each time: FSDP2 may re-point a shard's storage (its lazy init pads uneven shards); 500 views cost
-        0.5 ms on CPU."""
+        each time: FSDP2 re-points a shard's storage after a `load_state_dict` or `.to()` (it re-pads
+        uneven shards; resume loads that way). 500 views cost 0.5 ms on CPU."""
         if not self._sharded:
             return self.params
         return [p.to_local() if _is_dtensor(p) else p for p in self.params]
