@@ -212,6 +212,22 @@ def test_resume_with_ema_is_exact_and_the_export_round_trips(tmp_path):
         assert torch.equal(final[name], p.detach()), name  # the swap gave the live weights back
 
 
+def test_keeping_an_ema_leaves_training_unchanged(tmp_path):
+    from soar_fast.train.loop import fit
+    from soar_fast.train.trainer import Trainer
+
+    plain = Trainer.build(tiny_config(tmp_path / "plain", ["--train.max_steps=4", "--optim.lr=1e-3"]),
+                          source=FakeSource())
+    fit(plain)
+    with_ema = Trainer.build(tiny_config(tmp_path / "ema", [*EMA_RUN, "--train.max_steps=4"]), source=FakeSource())
+    fit(with_ema)
+    assert plain.ema is None and with_ema.ema.updates == 1
+    ra, rb = _records(tmp_path / "plain"), _records(tmp_path / "ema")
+    assert [ra[s]["loss"] for s in ra] == [rb[s]["loss"] for s in rb]
+    for (name, p), q in zip(plain.model.named_parameters(), with_ema.model.parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_resuming_a_checkpoint_without_ema_starts_it_from_the_resumed_weights(tmp_path):
     from soar_fast.train.checkpoint import latest_checkpoint, load_state, load_weights
     from soar_fast.train.loop import fit
