@@ -153,7 +153,8 @@ class EmaConfig:
     warmup: Literal["none", "power", "linear"] = "none"
     """Warm-up of the decay over the first updates (diffusers' `EMAModel`): `none` = `decay` from the
     first update; `power` = 1 − (1 + n/inv_gamma)^−power; `linear` = (1 + n)/(10 + n); both capped at
-    `decay`, floored at `min_decay`; n = k − 1 at the k-th update, so the first one copies the weights."""
+    `decay`, floored at `min_decay`; n = k − 1 at the k-th update, and the first update has decay 0 (it
+    copies the weights)."""
     power: float = ruled(2 / 3, above(0))
     """Exponent of the `power` warm-up (diffusers' default 2/3; 3/4 warms up faster)."""
     inv_gamma: float = ruled(1.0, above(0))
