@@ -72,7 +72,7 @@ def test_ema_after_n_updates_is_the_hand_recurrence(cfg):
     k = 0
     for step in range(1, 11):
         _new_weights(model, gen)
-        assert ema.after_optimizer_step(step) == (step % cfg.every == 0)
+        assert ema.after_step(step) == (step % cfg.every == 0)
         if step % cfg.every == 0:
             k += 1
             d = _hand_decay(cfg, k)
@@ -104,7 +104,7 @@ def test_ema_matches_diffusers_emamodel_over_steps():
     gen = torch.Generator().manual_seed(2)
     for step in range(1, 8):
         _new_weights(model, gen)
-        ema.after_optimizer_step(step)
+        ema.after_step(step)
         theirs.step(trained)
     for s, t in zip(ema.shadow, theirs.shadow_params):
         assert_close(s, t)
@@ -119,8 +119,8 @@ def test_host_offload_gives_the_same_bits():
     for step in range(1, 7):
         _new_weights(a, ga)
         _new_weights(b, gb)
-        same.after_optimizer_step(step)
-        host.after_optimizer_step(step)
+        same.after_step(step)
+        host.after_step(step)
     for s, h in zip(same.shadow, host.shadow):
         assert h.device.type == "cpu" and torch.equal(s, h)
 
@@ -130,7 +130,7 @@ def test_bf16_weights_keep_an_fp32_ema():
     ema = _ema(EmaConfig(decay=0.5), model)
     gen = torch.Generator().manual_seed(4)
     _new_weights(model, gen)
-    ema.after_optimizer_step(1)
+    ema.after_step(1)
     trained = [p for p in model.parameters() if p.requires_grad]
     assert all(s.dtype == torch.float32 for s in ema.shadow)
     initial = _toy()
@@ -145,7 +145,7 @@ def test_swapped_in_uses_the_ema_and_restores_the_weights_exactly():
     gen = torch.Generator().manual_seed(5)
     for step in range(1, 4):
         _new_weights(model, gen)
-        ema.after_optimizer_step(step)
+        ema.after_step(step)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 7, generator=gen)
     with ema.swapped_in():
@@ -262,7 +262,7 @@ def test_sampling_with_eval_use_ema_takes_the_ema_weights(tmp_path):
     gen = torch.Generator().manual_seed(6)
     for step in range(1, 4):
         _new_weights(trained, gen)
-        ema.after_optimizer_step(step)
+        ema.after_step(step)
     d = single_process("cpu")
     ckpt = save_checkpoint(str(tmp_path), 3, transformer=trained, state={"step": 3},
                            ema=(ema.full_tensors(d), ema.meta(3)))
@@ -301,3 +301,14 @@ def test_preview_ema_needs_an_ema():
     with pytest.raises(ConfigError, match="eval.preview_ema"):
         load_config(None, ["--eval.preview_ema=true"])
     assert load_config(None, ["--eval.preview_ema=true", "--ema.decay=0.99"]).eval.preview_ema
+
+
+def test_an_ema_that_does_not_fit_the_model_is_an_error_naming_the_file():
+    from soar_fast.models.folder import ModelFolderError
+
+    ema = _ema(EmaConfig(decay=0.9), _toy())
+    tensors = dict(zip(ema.names, ema.shadow))
+    with pytest.raises(ModelFolderError, match=r"run/ema.safetensors: .*missing \['b.weight'\]"):
+        ema.load_full_tensors({k: v for k, v in tensors.items() if k != "b.weight"}, 3, source="run/ema.safetensors")
+    with pytest.raises(ModelFolderError, match=r"EMA tensor a.bias has shape \(4,\), the parameter \(5,\)"):
+        ema.load_full_tensors({**tensors, "a.bias": torch.randn(4)}, 3, source="run/ema.safetensors")

@@ -65,7 +65,7 @@ def _run(model: torch.nn.Module, cfg: EmaConfig = CFG):
     ema = build_ema(cfg, model, torch.optim.SGD(model.parameters(), lr=0.0))
     for step in range(1, STEPS + 1):
         _set_weights(model, _weights(step))
-        ema.after_optimizer_step(step)
+        ema.after_step(step)
     return ema
 
 

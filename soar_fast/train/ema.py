@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from soar_fast.config import EmaConfig
+from soar_fast.config_io import ConfigError
+from soar_fast.models.folder import ModelFolderError
 from soar_fast.parallel import Dist, after_optimizer_step, unwrap
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class Ema:
     def __init__(self, cfg: EmaConfig, model: torch.nn.Module, params: Sequence[torch.Tensor],
                  names: Sequence[str]) -> None:
         if not params:
-            raise ValueError("ema.decay > 0 but the optimizer has no trainable parameters to average")
+            raise ConfigError("ema.decay > 0 but the optimizer has no trainable parameters to average")
         self.cfg = cfg
         self.model = model
         self.params = list(params)
@@ -94,7 +96,7 @@ class Ema:
 
     # ------------------------------------------------------------------------------------- update
 
-    def after_optimizer_step(self, step: int) -> bool:
+    def after_step(self, step: int) -> bool:
         """Called after optimizer step `step` (1-based); updates every `ema.every` steps. True if it did."""
         if step % self.cfg.every:
             return False
@@ -176,14 +178,14 @@ class Ema:
         missing = [n for n in self.names if n not in tensors]
         unexpected = sorted(set(tensors) - set(self.names))
         if missing or unexpected:
-            raise ValueError(f"{source}: the EMA does not match the trained parameters (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+            raise ModelFolderError(f"{source}: the EMA does not match the trained parameters (missing "
+                                   f"{missing[:3]}, unexpected {unexpected[:3]})")
         with torch.no_grad():
             for name, p, s in zip(self.names, self.params, self.shadow):
                 full = tensors[name]
                 if tuple(full.shape) != tuple(p.shape):
-                    raise ValueError(f"{source}: EMA tensor {name} has shape {tuple(full.shape)}, the parameter "
-                                     f"{tuple(p.shape)}")
+                    raise ModelFolderError(f"{source}: EMA tensor {name} has shape {tuple(full.shape)}, the "
+                                           f"parameter {tuple(p.shape)}")
                 if _is_dtensor(p):
                     from torch.distributed.tensor import distribute_tensor
 

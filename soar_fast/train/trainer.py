@@ -224,7 +224,7 @@ class Trainer:
         self.optimizer.step()
         after_optimizer_step(self.model)  # float8 + FSDP2: next all-gather's weight scales (else no-op)
         if self.ema is not None:
-            self.ema.after_optimizer_step(self.step + 1)  # the loop advances `self.step` after this call
+            self.ema.after_step(self.step + 1)  # the loop advances `self.step` after this call
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
