@@ -228,6 +228,27 @@ def test_keeping_an_ema_leaves_training_unchanged(tmp_path):
         assert torch.equal(p, q), name
 
 
+def test_training_with_ema_previews_writes_both_grids_and_trains_the_same(tmp_path):
+    from soar_fast.train.loop import fit
+    from soar_fast.train.trainer import Trainer
+
+    run = ["--ema.decay=0.5", "--train.max_steps=3", "--optim.lr=1e-3", "--model.resolution=32",
+           "--checkpoint.every=0"]
+    previews = ["--log.sample_every=2", "--eval.preview_ema=true", "--eval.preview_steps=1",
+                "--data.max_sequence_length=8", "--eval.preview_prompts=a cat"]
+    shapes = {"channels": 16, "dim": 64, "pooled_dim": 64, "size": 4}  # the tiny preset's encoders and VAE
+    seen = Trainer.build(tiny_config(tmp_path / "seen", [*run, *previews]), source=FakeSource(**shapes))
+    fit(seen)
+    names = sorted(p.name for p in (tmp_path / "seen" / "samples").iterdir())
+    assert names == ["step-0000002-ema.png", "step-0000002.png"]
+    blind = Trainer.build(tiny_config(tmp_path / "blind", run), source=FakeSource(**shapes))
+    fit(blind)
+    for (name, p), q in zip(seen.model.named_parameters(), blind.model.parameters()):
+        assert torch.equal(p, q), name
+    for a, b in zip(seen.ema.shadow, blind.ema.shadow):
+        assert torch.equal(a, b)
+
+
 def test_resuming_a_checkpoint_without_ema_starts_it_from_the_resumed_weights(tmp_path):
     from soar_fast.train.checkpoint import latest_checkpoint, load_state, load_weights
     from soar_fast.train.loop import fit
