@@ -145,6 +145,31 @@ class OptimConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Exponential moving average of the trained weights: after each update `ema = decay·ema + (1 −
+    decay)·weights`. 0 = off (the default). It averages over about `every / (1 − decay)` optimizer
+    steps: 0.999 suits a few thousand steps, 0.9999 tens of thousands (docs/ema.md)."""
+    every: int = ruled(1, at_least(1))
+    """Update the EMA after every this many optimizer steps (its decay is per update, not per step)."""
+    warmup: Literal["none", "power", "linear"] = "none"
+    """Warm-up of the decay over the first updates (diffusers' `EMAModel`): `none` = `decay` from the
+    first update; `power` = 1 − (1 + n/inv_gamma)^−power; `linear` = (1 + n)/(10 + n); both capped at
+    `decay`, floored at `min_decay`; n = k − 1 at the k-th update, and the first update has decay 0 (it
+    copies the weights)."""
+    power: float = ruled(2 / 3, above(0))
+    """Exponent of the `power` warm-up (diffusers' default 2/3; 3/4 warms up faster)."""
+    inv_gamma: float = ruled(1.0, above(0))
+    """Time scale, in updates, of the `power` warm-up (diffusers' default 1)."""
+    min_decay: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Floor of the warmed-up decay (`power` and `linear`; diffusers' `min_decay`)."""
+    device: Literal["same", "cpu"] = "same"
+    """Where the fp32 EMA lives: `same` = beside the weights (one fused update on the device), `cpu` =
+    host memory (frees a 4-byte-per-parameter copy on the GPU; each update copies the weights to the
+    host, docs/ema.md gives the cost)."""
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = ruled(200, at_least(1))
     """Optimizer steps to train (reference: 5000)."""
@@ -303,6 +328,11 @@ class EvalConfig:
     checkpoint: str | None = None
     """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights, or a
     LoRA run's `lora/` (or a checkpoint holding one): that adapter on its base, merged."""
+    use_ema: bool = False
+    """Sample with the EMA of the trained weights (`ema.decay` > 0 in training) instead of the weights
+    themselves: `eval.checkpoint`'s `ema/` (a `checkpoints/step-N` folder) or the `transformer_ema/`
+    beside its `transformer/` (an exported run); for a LoRA run the EMA of the adapter (`ema/` over the
+    checkpoint's `lora/`, or the run's `lora_ema/`), merged into its base. Not the scorers' `eval.weights`."""
     compile: bool = True
     """Compile each transformer block and replay the sampler forward from a CUDA graph; CUDA only."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -311,6 +341,9 @@ class EvalConfig:
     """Training previews (`log.sample_every`): prompts of the grid; empty = a built-in list of four."""
     preview_steps: int = ruled(20, at_least(1))
     """Training previews: sampler steps (at `model.resolution`, `cfg_scale`, seeds `seed`...)."""
+    preview_ema: bool = False
+    """Training previews: also render the grid with the EMA weights (`samples/step-N-ema.png`, TensorBoard
+    `samples_ema`) beside the live one; needs `ema.decay` > 0."""
 
 
 @dataclass
@@ -320,6 +353,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     soar: SoarConfig = field(default_factory=SoarConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -231,4 +231,6 @@ CROSS_RULES: tuple[CrossRule, ...] = (
               lambda c: c.lora.rank == 0 or (len(c.lora.target_modules) > 0
                                              and all(str(v).strip() for v in c.lora.target_modules)),
               "a non-empty list of module names or presets (attention, mlp, attention+mlp) while lora.rank > 0"),
+    CrossRule("eval.preview_ema", lambda c: not (c.eval.preview_ema and c.ema.decay == 0),
+              "false while ema.decay = 0 (no EMA is kept to preview)"),
 )

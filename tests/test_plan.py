@@ -68,6 +68,22 @@ def test_fsdp2_ranks_hold_a_shard_of_the_state():
     assert two.optimizer == pytest.approx(one.optimizer / 2, rel=0.05)
 
 
+def test_the_ema_on_the_device_is_planned_as_resident_state():
+    """4 B per trained parameter, per rank's shard under FSDP2; nothing on the device with ema.device = cpu."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from soar_fast.plan.step import model_config
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in SD3Transformer2DModel.from_config(model_config(load_config(None, SMALL))).parameters())
+    base, ema, host = _plan(), _plan("--ema.decay=0.99"), _plan("--ema.decay=0.99", "--ema.device=cpu")
+    assert ema.optimizer - base.optimizer == ema.peak_bytes - base.peak_bytes == 4 * n
+    assert (host.optimizer, host.peak_bytes) == (base.optimizer, base.peak_bytes)
+    two_base, two_ema = _plan(world=2), _plan("--ema.decay=0.99", world=2)
+    assert two_ema.optimizer - two_base.optimizer == pytest.approx(4 * n / 2, rel=0.05)
+
+
 def test_planner_refuses_stochastic_paths_with_a_named_key():
     with pytest.raises(ConfigError, match="soar.num_rollout_paths"):
         _plan("--soar.num_rollout_paths=2")

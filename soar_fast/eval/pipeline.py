@@ -6,6 +6,7 @@ demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/
 base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
 A LoRA checkpoint or export (a `lora/` folder, or a folder holding one) is applied to the base it was
 trained on (`model.path`, else the recorded preset) and merged into it before sampling.
+`eval.use_ema` takes that checkpoint's EMA weights instead (models/ema_folder.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from soar_fast.config import DataConfig, EvalConfig, ModelConfig
+from soar_fast.config_io import ConfigError
 from soar_fast.eval.sampler import FlowSampler, initial_noise
 from soar_fast.models.vae import decode, scale_factor
 
@@ -85,11 +87,16 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
 
     dtype = resolve_dtype(eval_cfg.dtype, device)
     enc_dtype = "bfloat16" if dtype == torch.bfloat16 else "float32"
-    encoders = load_encoders(model_cfg, dataclasses.replace(DataConfig(), encoder_dtype=enc_dtype,
-                                                            max_sequence_length=eval_cfg.max_sequence_length),
-                             device)
     if transformer is None:
-        if eval_cfg.checkpoint and find_adapter_folder(eval_cfg.checkpoint) is not None:
+        if eval_cfg.use_ema:
+            from soar_fast.models.ema_folder import load_ema_transformer
+
+            if not eval_cfg.checkpoint:
+                raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
+                                  "folder (or its transformer/) with transformer_ema/ beside it")
+            transformer = load_ema_transformer(eval_cfg.checkpoint, dtype=dtype)
+            log.info("sampling with the EMA weights of %s", eval_cfg.checkpoint)
+        elif eval_cfg.checkpoint and find_adapter_folder(eval_cfg.checkpoint) is not None:
             folder = find_adapter_folder(eval_cfg.checkpoint)
             # Merged once: sampling then runs plain Linear layers (and compiles like the base model).
             transformer = merged_transformer(adapted_transformer(folder, path=model_cfg.path))
@@ -99,6 +106,10 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
             log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
         else:
             transformer = build_transformer(model_cfg)
+    # After the transformer: a wrong eval.checkpoint fails before the text encoders load.
+    encoders = load_encoders(model_cfg, dataclasses.replace(DataConfig(), encoder_dtype=enc_dtype,
+                                                            max_sequence_length=eval_cfg.max_sequence_length),
+                             device)
     transformer = _to(transformer, device, dtype).requires_grad_(False).eval()
     vae = _to(encoders.vae, device, dtype)
     channels = int(transformer.config.in_channels)

@@ -88,7 +88,8 @@ class StepPlan:
 
     peak_bytes: the step's peak of live tensor bytes; phase: where it is reached (`main forward`,
     `rollout forward`, `aux kernel`, `aux forward`, `backward`, `optimizer`, `data`). params, grads,
-    optimizer, activations: the split at the peak (activations include temporaries and inputs).
+    optimizer, activations: the split at the peak (activations include temporaries and inputs; optimizer
+    includes the `[ema]` weights kept on the device).
     flops: executed FLOPs of the step (every forward, backward, recompute; `soar_fast.accel.flops`).
     step_time_s: roofline lower bound on the eager step on `gpu` (per op, FLOPs at the matrix peak or
     bytes at the bandwidth, whichever is slower); compute_bound_s: `flops` at the bf16 peak alone
@@ -239,7 +240,10 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
                 tracker.track_external(trainer.model, trainer.optimizer)
             else:
                 tracker = step_fsdp_mem_tracker(trainer.model, trainer.optimizer)
+            # The EMA (`ema.device = "same"`) is resident state like the optimizer's; built outside the tracker.
+            ema = list(trainer.ema.shadow) if trainer.ema is not None and cfg.ema.device == "same" else []
             tracker.track_external(source.null_embeds, source.null_pooled)
+            tracker.track_resident(*ema)
             trainer.fns = replace(trainer.fns, forward=tracker.each_call_fresh(trainer.fns.forward),
                                   rollout_forward=tracker.each_call_fresh(trainer.fns.rollout_forward))
             estimator = Roofline(gpu) if (roofline and gpu is not None) else None

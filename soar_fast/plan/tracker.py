@@ -99,6 +99,12 @@ def _phase_tracking(base: type) -> type:
                     self._param_to_grad_hook_handles.setdefault(p, (_NO_HOOK, _NO_HOOK))
             return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
+        def track_resident(self, *tensors: torch.Tensor) -> None:
+            """Tensors that live through the step beside the optimizer state (the EMA), counted as optimizer
+            state; also under FSDPMemTracker, whose own `track_external` does nothing."""
+            for t in tensors:
+                self._update_and_maybe_create_winfos(t, self._ref_class.OPT)
+
         def each_call_fresh(self, fn: Any) -> Any:
             """`fn` (a top-level model call) starting fresh module stats each time it is called."""
             def call(*args: Any, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ Layout of `<output_dir>/checkpoints/step-<N>/`:
   state/trainer.pt  step, optimizer, LR scheduler, RNG streams, data position (tensors, numbers,
                     strings only: loaded with `torch.load(weights_only=True)`)
   state/meta.json   the same step and the versions, for humans
+  ema/ema.safetensors  the fp32 EMA and its update count, with `ema.decay` > 0 (models/ema_folder.py)
 A checkpoint is written under `checkpoints/.tmp-step-<N>-<pid>/` and renamed into place in one
 `os.replace`, so `step-<N>` exists only when complete; names that are not `step-<N>` are never
 taken for a checkpoint, and leftovers of a killed save are removed by the next save.
@@ -127,8 +128,10 @@ def remove_partial_saves(output_dir: str) -> None:
 
 
 def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module, state: dict[str, Any],
-                    total_limit: int | None = None) -> Checkpoint:
-    """Write `checkpoints/step-<step>` atomically, then prune to `total_limit` (oldest first)."""
+                    total_limit: int | None = None,
+                    ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Checkpoint:
+    """Write `checkpoints/step-<step>` atomically, then prune to `total_limit` (oldest first).
+    `ema`: (tensors, metadata) of the EMA file, written inside the same atomic folder."""
     remove_partial_saves(output_dir)
     final = os.path.join(checkpoints_dir(output_dir), f"step-{step}")
 
@@ -142,6 +145,10 @@ def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module,
         meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
         with open(os.path.join(tmp, "state", "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
+        if ema is not None:
+            from soar_fast.models.ema_folder import ema_file, write_ema_file
+
+            write_ema_file(ema_file(tmp), *ema)
 
     save_folder_atomically(final, write)
     prune_checkpoints(output_dir, step, total_limit)

@@ -3,12 +3,15 @@
 Used when `parallel.strategy = "fsdp2"` or more than one process (`uses_sharded_checkpoints`); a
 sharded checkpoint is read whatever the current strategy and world size (a one-process run included).
 The trainer is duck-typed: `model`, `optimizer`, `lr_scheduler`, `rngs` (`RngStreams`), `source`,
-`step`, `dist`, `cfg.train.seed`, `cfg.parallel.strategy`.
+`step`, `dist`, `ema` (or None), `cfg.train.seed`, `cfg.parallel.strategy`.
 
   state/trainer.pt     rank 0: step, LR scheduler, rank 0's data position, world (weights_only-loadable)
   state/rank-RRRRR.pt  rank r: its RNG streams and its data position
   state/dcp/           model + optimizer, sharded (with LoRA: the adapter and its optimizer state only)
   transformer/         diffusers export of the weights, gathered to rank 0 (with LoRA: lora/, the adapter)
+  ema/ema.safetensors  the EMA (`ema.decay` > 0; with LoRA the adapter's), gathered to rank 0: the one EMA
+                       format whatever the strategy; on resume every rank reads it and keeps its shard
+                       (`train/ema.py`)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 
 from soar_fast.config import ParallelConfig
+from soar_fast.models.ema_folder import ema_file, write_ema_file
 from soar_fast.models.lora import info_of, module_key
 from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
 from soar_fast.models.lora_io import read_adapter
@@ -75,6 +79,10 @@ def save_sharded_checkpoint(trainer: Any, output_dir: str, step: int, *, total_l
             export_adapter(trainer.model, os.path.join(tmp, LORA_FOLDER), d)
         else:
             export_transformer(trainer.model, os.path.join(tmp, "transformer"), d)
+        if trainer.ema is not None:
+            tensors = trainer.ema.full_tensors(d)  # collective under FSDP2
+            if d.is_main:
+                write_ema_file(ema_file(tmp), tensors, trainer.ema.meta(step))
         state_dir = os.path.join(tmp, "state")
         save_sharded_state(state_dir, model=trainer.model, optimizer=trainer.optimizer, d=d,
                            rank_state={"rng": trainer.rngs.state_dict(), "data": data},

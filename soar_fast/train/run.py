@@ -16,7 +16,8 @@ from soar_fast.models.folder import check_model_folder
 log = logging.getLogger("soar_fast.train")
 
 # What a run writes (and what `run.overwrite` may delete); demo data is kept, it is reproducible.
-RUN_OUTPUTS = ("checkpoints", "transformer", "lora", "tensorboard", "plots", "metrics.jsonl")
+RUN_OUTPUTS = ("checkpoints", "transformer", "transformer_ema", "lora", "lora_ema", "tensorboard", "plots",
+               "metrics.jsonl")
 
 
 def main_train(cfg: Config, args: Any) -> int:
@@ -97,6 +98,7 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
 
     from soar_fast.models.transformer import count_parameters
     from soar_fast.train.checkpoint import load_state, load_weights
+    from soar_fast.train.ema import restore_ema
     from soar_fast.train.loop import fit
     from soar_fast.train.trainer import Trainer
 
@@ -121,12 +123,14 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
         else:
             load_weights(trainer.model, checkpoint)
             trainer.load_state_dict(load_state(checkpoint))
+        restore_ema(trainer.ema, checkpoint.path, step=trainer.step)
         log.info("resumed from %s (step %d)", checkpoint.path, trainer.step)
     status = fit(trainer)
     if status == "stopped":
         log.info("stopped at step %d; outputs in %s", trainer.step, out)
     else:
-        written = [n for n in ("metrics.jsonl", "plots/loss.png", "checkpoints/", "transformer/", "lora/")
+        written = [n for n in ("metrics.jsonl", "plots/loss.png", "checkpoints/", "transformer/", "transformer_ema/",
+                               "lora/", "lora_ema/")
                    if os.path.exists(os.path.join(out, n))]
         log.info("done: %d steps; outputs in %s (%s)", trainer.step, out, ", ".join(written))
     return 0

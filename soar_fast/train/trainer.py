@@ -3,7 +3,8 @@
   resolve device → random streams → data source → transformer (preset sized to the data, or
   `model.path`) → LoRA adapter (`lora.rank > 0`) → sigma grid → resolve `[accel]` once → eager step
   pieces → `apply_accel` → DDP/FSDP2 (`parallel.wrap`) → step options → trainable parameters →
-  optimizer → LR schedule
+  optimizer → LR schedule → EMA of the optimizer's parameters (`[ema]`, sharded like them; with LoRA
+  the adapter's)
 
 Each builder takes only its own config section. `Trainer.train_step` is one optimizer step
 (accumulation, clipping, schedule) around `soar_step`; the loop with logging, checkpoints and
@@ -42,6 +43,7 @@ from soar_fast.parallel import (
 )
 from soar_fast.seeds import stream_seed
 from soar_fast.soar import LossParts, SigmaGrid, draw
+from soar_fast.train.ema import Ema, build_ema
 from soar_fast.train.optim import build_lr_scheduler, build_optimizer
 from soar_fast.train.rng import RngStreams
 from soar_fast.train.step import StepFns, StepOptions, drop_conditions, soar_step, step_options
@@ -124,6 +126,8 @@ class Trainer:
     dist: Dist = field(default_factory=Dist)
     predicted_peak_bytes: int | None = None
     """The planner's predicted peak of one step on this rank (`log.plan_memory`), for the log."""
+    ema: Ema | None = None
+    """The EMA of the trained parameters (`ema.decay` > 0), updated in `apply_update`."""
     _batches: Any = field(default=None, repr=False)
 
     @classmethod
@@ -172,9 +176,10 @@ class Trainer:
         params = trainable_parameters(model)
         optimizer = build_optimizer(cfg.optim, params, state=accel.optimizer, device=device)
         lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
+        ema = build_ema(cfg.ema, model, optimizer)
         return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
                    optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, params=params, rank=rank, world=world,
-                   dist=dist)
+                   dist=dist, ema=ema)
 
     @property
     def is_main(self) -> bool:
@@ -249,6 +254,8 @@ class Trainer:
     def apply_update(self) -> None:
         self.optimizer.step()
         after_optimizer_step(self.model)  # float8 + FSDP2: next all-gather's weight scales (else no-op)
+        if self.ema is not None:
+            self.ema.after_step(self.step + 1)  # the loop advances `self.step` after this call
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
