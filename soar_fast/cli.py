@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     lx.add_argument("source", metavar="SOURCE", help="a run folder, a checkpoints/step-N folder or a lora/ folder")
     lx.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
     lx.add_argument("--merge", action="store_true", help="write a full transformer folder: base + adapter merged")
+    lx.add_argument("--ema", action="store_true", help="the EMA of the adapter (ema.decay > 0) instead of the adapter")
     lx.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype written (float32)")
     return p
 

@@ -1,6 +1,7 @@
 """LoRA under DDP and FSDP2 on 2 gloo ranks (CPU): one SOAR step on the adapted model equals one process
 on the global batch (tests/test_dist_step.py's setup), and the trainer's sharded checkpoints and final
-export hold the adapter alone, with the frozen base untouched; a one-process run resumes from them.
+export hold the adapter alone, with the frozen base untouched; the EMA they hold (and `lora_ema/`) is the
+adapter's, the recurrence over the adapters of the checkpoints; a one-process run resumes from them.
 
 One spawn of 2 processes (module fixture) runs every multi-rank part."""
 
@@ -15,10 +16,11 @@ from soar_fast.config import LoraConfig, ParallelConfig
 from soar_fast.parallel.env import Dist, single_process
 from tests.conftest import FakeSource, tiny_config
 from tests.test_dist_step import OPTIM, WORLD, _build_model, _forward_backward, _global_inputs, _shard
-from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL
+from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL, assert_close
 
 STRATEGIES = ("ddp", "fsdp2")
-TRAIN = ["--lora.rank=4", "--lora.init=gaussian", "--optim.lr=1e-3", "--train.max_steps=2", "--checkpoint.every=1"]
+TRAIN = ["--lora.rank=4", "--lora.init=gaussian", "--optim.lr=1e-3", "--train.max_steps=2", "--checkpoint.every=1",
+         "--ema.decay=0.5"]
 
 
 def _adapted() -> torch.nn.Module:
@@ -51,6 +53,10 @@ def _step(model, opt, batch, draws, d: Dist):
     return loss, grads
 
 
+def _copied(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    return None if state is None else {k: v.clone() for k, v in state.items()}
+
+
 def _worker(tmp: str) -> None:
     from soar_fast.parallel import apply_data_parallel, fail_fast, init_distributed, shutdown
     from soar_fast.parallel.export import full_state_dict
@@ -71,7 +77,7 @@ def _worker(tmp: str) -> None:
             out = os.path.join(tmp, f"run-{strategy}")
             trainer = Trainer.build(tiny_config(out, [*TRAIN, f"--parallel.strategy={strategy}"]),
                                     source=FakeSource(seed=d.rank), dist=d)
-            before = full_state_dict(trainer.model, d)
+            before = _copied(full_state_dict(trainer.model, d))  # (without DDP's gather, the live tensors)
             assert fit(trainer) == "done"
             results[f"run-{strategy}"] = {"before": before, "after": full_state_dict(trainer.model, d)}
         # bf16 base + fp32 adapter in one FSDP2 group (mixed dtypes in one all-gather).
@@ -132,7 +138,7 @@ def test_sharded_checkpoints_and_export_hold_the_adapter_alone(two_rank_lora, st
             assert torch.equal(run["after"][name], before), f"{name}: the frozen base changed"
     for step in (1, 2):
         ckpt = os.path.join(out, "checkpoints", f"step-{step}")
-        assert sorted(os.listdir(ckpt)) == ["lora", "state"]
+        assert sorted(os.listdir(ckpt)) == ["ema", "lora", "state"]
         keys = FileSystemReader(os.path.join(ckpt, "state", "dcp")).read_metadata().state_dict_metadata
         model_keys = [k for k in keys if k.startswith("model.")]
         assert model_keys and all(".lora_" in k for k in keys if not k.startswith("optim.param_groups")), keys
@@ -143,6 +149,33 @@ def test_sharded_checkpoints_and_export_hold_the_adapter_alone(two_rank_lora, st
         assert torch.equal(final[key], value), key
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sharded_checkpoints_and_export_hold_the_ema_of_the_adapter(two_rank_lora, strategy):
+    """decay 0.5 from the initial adapter A0: EMA1 = lerp(A0, A1, 0.5), EMA2 = lerp(EMA1, A2, 0.5), with A1 and
+    A2 the adapters of the checkpoints; `lora_ema/` is EMA2."""
+    from soar_fast.models.ema_folder import ema_file, read_ema_meta, read_ema_tensors
+    from soar_fast.models.lora import adapter_state, module_key
+    from soar_fast.models.lora_io import read_adapter
+
+    tmp, results = two_rank_lora
+    out = os.path.join(tmp, f"run-{strategy}")
+    ema = adapter_state(results[f"run-{strategy}"]["before"])
+    for step in (1, 2):
+        ckpt = os.path.join(out, "checkpoints", f"step-{step}")
+        adapter = read_adapter(os.path.join(ckpt, "lora"))
+        saved = read_ema_tensors(ema_file(ckpt))
+        assert sorted(saved) == sorted(module_key(k) for k in adapter)
+        assert read_ema_meta(ema_file(ckpt))["updates"] == str(step)
+        ema = {k: torch.lerp(v, adapter[k], 0.5) for k, v in ema.items()}
+        for key, value in ema.items():
+            assert_close(saved[module_key(key)], value, msg=key)
+        assert not all(torch.equal(saved[module_key(k)], adapter[k]) for k in ema), "the EMA is the adapter"
+    exported = read_adapter(os.path.join(out, "lora_ema"))
+    assert exported.keys() == ema.keys()
+    for key, value in adapter_state(saved).items():
+        assert torch.equal(exported[key], value), key
+
+
 def test_fsdp2_shards_a_bf16_base_beside_an_fp32_adapter(two_rank_lora):
     tmp, results = two_rank_lora
     assert results["bf16"] == {"dtypes": [(False, "torch.bfloat16"), (True, "torch.float32")], "status": "done"}
@@ -150,8 +183,10 @@ def test_fsdp2_shards_a_bf16_base_beside_an_fp32_adapter(two_rank_lora):
 
 
 def test_one_process_resumes_a_two_rank_lora_checkpoint(two_rank_lora, tmp_path):
+    from soar_fast.models.ema_folder import ema_file, read_ema_tensors
     from soar_fast.models.lora import adapter_state
     from soar_fast.models.lora_io import read_adapter
+    from soar_fast.train.ema import restore_ema
     from soar_fast.train.loop import fit
     from soar_fast.train.resume import restore_sharded_checkpoint
     from soar_fast.train.trainer import Trainer
@@ -164,12 +199,19 @@ def test_one_process_resumes_a_two_rank_lora_checkpoint(two_rank_lora, tmp_path)
     saved = read_adapter(os.path.join(ckpt, "lora"))
     for key, value in adapter_state(trainer.model).items():
         assert torch.equal(value, saved[key]), key
+    restore_ema(trainer.ema, ckpt, step=trainer.step)
+    saved_ema = read_ema_tensors(ema_file(ckpt))
+    assert trainer.ema.updates == 1
+    for name, s in zip(trainer.ema.names, trainer.ema.shadow):
+        assert torch.equal(s, saved_ema[name]), name
     assert fit(trainer) == "done" and trainer.step == 2
 
 
 def test_a_one_process_lora_checkpoint_resumes_under_ddp(tmp_path):
-    """restore_full_checkpoint: adapter + its optimizer state into a (one-rank) DDP trainer."""
+    """restore_full_checkpoint: adapter + its optimizer state (and the EMA) into a (one-rank) DDP trainer."""
+    from soar_fast.models.ema_folder import ema_file, read_ema_tensors
     from soar_fast.parallel import init_distributed, shutdown
+    from soar_fast.train.ema import restore_ema
     from soar_fast.train.loop import fit
     from soar_fast.train.resume import restore_full_checkpoint
     from soar_fast.train.trainer import Trainer
@@ -185,7 +227,8 @@ def test_a_one_process_lora_checkpoint_resumes_under_ddp(tmp_path):
             trainer = Trainer.build(tiny_config(resumed, [*TRAIN, "--parallel.strategy=ddp"]), source=FakeSource(),
                                     dist=d)
             restore_full_checkpoint(trainer, str(plain / "checkpoints" / "step-1"))
-            assert trainer.step == 1
+            restore_ema(trainer.ema, str(plain / "checkpoints" / "step-1"), step=trainer.step)
+            assert trainer.step == 1 and trainer.ema.updates == 1
             fit(trainer)
         finally:
             shutdown(d)
@@ -194,3 +237,8 @@ def test_a_one_process_lora_checkpoint_resumes_under_ddp(tmp_path):
     want, got = _records(plain)[2], _records(resumed)[2]
     for key in ("loss", "loss_main", "loss_aux"):
         torch.testing.assert_close(got[key], want[key], rtol=STEP_LOSS_RTOL, atol=0, msg=key)
+    want_ema = read_ema_tensors(ema_file(str(plain / "checkpoints" / "step-2")))
+    got_ema = read_ema_tensors(ema_file(str(resumed / "checkpoints" / "step-2")))
+    assert got_ema.keys() == want_ema.keys()
+    for name, value in want_ema.items():
+        torch.testing.assert_close(got_ema[name], value, rtol=STEP_GRAD[0], atol=STEP_GRAD[1], msg=name)

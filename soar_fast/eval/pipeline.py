@@ -6,7 +6,8 @@ demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/
 base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
 A LoRA checkpoint or export (a `lora/` folder, or a folder holding one) is applied to the base it was
 trained on (`model.path`, else the recorded preset) and merged into it before sampling.
-`eval.use_ema` takes that checkpoint's EMA weights instead (models/ema_folder.py).
+`eval.use_ema` takes that checkpoint's EMA weights instead (models/ema_folder.py; with LoRA the EMA
+adapter on the adapted model, merged the same way).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
 
             if not eval_cfg.checkpoint:
                 raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
-                                  "folder (or its transformer/) with transformer_ema/ beside it")
-            transformer = load_ema_transformer(eval_cfg.checkpoint, dtype=dtype)
+                                  "folder (or its transformer/ or lora/) with transformer_ema/ or lora_ema/ beside it")
+            transformer = load_ema_transformer(eval_cfg.checkpoint, dtype=dtype, base_path=model_cfg.path)
             log.info("sampling with the EMA weights of %s", eval_cfg.checkpoint)
         elif eval_cfg.checkpoint and find_adapter_folder(eval_cfg.checkpoint) is not None:
             folder = find_adapter_folder(eval_cfg.checkpoint)

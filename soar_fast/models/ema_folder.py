@@ -6,10 +6,13 @@
                                            from it), `step`, `decay`, `every`, `warmup`
   <output_dir>/transformer_ema/            the final EMA as a diffusers transformer folder (`model.dtype`),
                                            beside `transformer/`
+  <output_dir>/lora_ema/                   a LoRA run's: the final EMA of the adapter, in diffusers' LoRA
+                                           format like `lora/` beside it (the checkpoints' EMA file then
+                                           holds the adapter's tensors alone, `...lora_A.default.weight`)
 
 `eval.use_ema` resolves `eval.checkpoint` with `ema_source`: a `checkpoints/step-N` folder (its
-`transformer/` with `ema/ema.safetensors` laid over it), a `transformer_ema/` folder, or a run folder
-or `transformer/` folder with a `transformer_ema/` beside it.
+`transformer/` or `lora/` with `ema/ema.safetensors` laid over it), a `transformer_ema/` or `lora_ema/`
+folder, or a run folder or its `transformer/` (`lora/`) with a `transformer_ema/` (`lora_ema/`) beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import torch
 
 from soar_fast.models.folder import ModelFolderError
+from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
+from soar_fast.models.lora_io import is_adapter_folder
 
 EMA_DIR = "ema"
 EMA_FILE = "ema.safetensors"
@@ -53,24 +58,41 @@ def read_ema_tensors(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-def ema_source(path: str) -> tuple[str, str | None]:
-    """(transformer folder to load, EMA file to lay over it or None) for `eval.use_ema`."""
+def find_ema(path: str) -> tuple[str, str | None] | None:
+    """(transformer or adapter folder to load, EMA file to lay over it or None) that `path` names, or
+    None when it holds no EMA: see the module docstring."""
     norm = os.path.normpath(path)
     name, parent = os.path.basename(norm), os.path.dirname(norm)
     if os.path.isfile(ema_file(norm)):                                   # checkpoints/step-N
-        return os.path.join(norm, "transformer"), ema_file(norm)
-    if name == EMA_EXPORT:
+        return _trained_weights(norm), ema_file(norm)
+    if name in (EMA_EXPORT, EMA_ADAPTER_EXPORT):
         return norm, None
-    if os.path.isdir(os.path.join(norm, EMA_EXPORT)):                   # a run folder
-        return os.path.join(norm, EMA_EXPORT), None
-    if name == "transformer":
-        if os.path.isdir(os.path.join(parent, EMA_EXPORT)):             # <run>/transformer
-            return os.path.join(parent, EMA_EXPORT), None
-        if os.path.isfile(ema_file(parent)):                            # checkpoints/step-N/transformer
+    for export in (EMA_EXPORT, EMA_ADAPTER_EXPORT):
+        if os.path.isdir(os.path.join(norm, export)):                   # a run folder
+            return os.path.join(norm, export), None
+    if name in ("transformer", LORA_FOLDER):
+        export = EMA_EXPORT if name == "transformer" else EMA_ADAPTER_EXPORT
+        if os.path.isdir(os.path.join(parent, export)):                 # <run>/transformer or <run>/lora
+            return os.path.join(parent, export), None
+        if os.path.isfile(ema_file(parent)):                            # checkpoints/step-N/transformer or lora
             return norm, ema_file(parent)
-    raise ModelFolderError(f"eval.use_ema: eval.checkpoint={path} holds no EMA weights (neither "
-                           f"{EMA_DIR}/{EMA_FILE} of a checkpoint nor a {EMA_EXPORT}/ folder): the run trained "
-                           "with ema.decay = 0, or set eval.use_ema = false")
+    return None
+
+
+def _trained_weights(checkpoint_dir: str) -> str:
+    """A checkpoint's weights: its LoRA adapter folder, else its transformer folder."""
+    adapter = os.path.join(checkpoint_dir, LORA_FOLDER)
+    return adapter if is_adapter_folder(adapter) else os.path.join(checkpoint_dir, "transformer")
+
+
+def ema_source(path: str) -> tuple[str, str | None]:
+    """`find_ema(path)` for `eval.use_ema`, or ModelFolderError naming the key."""
+    found = find_ema(path)
+    if found is None:
+        raise ModelFolderError(f"eval.use_ema: eval.checkpoint={path} holds no EMA weights (neither "
+                               f"{EMA_DIR}/{EMA_FILE} of a checkpoint nor a {EMA_EXPORT}/ or {EMA_ADAPTER_EXPORT}/ "
+                               "folder): the run trained with ema.decay = 0, or set eval.use_ema = false")
+    return found
 
 
 def lay_over(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
@@ -85,12 +107,20 @@ def lay_over(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source
             params[name].copy_(value)
 
 
-def load_ema_transformer(path: str, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The transformer of `path` with its EMA weights (see `ema_source`)."""
+def load_ema_transformer(path: str, *, dtype: torch.dtype = torch.float32,
+                         base_path: str | None = None) -> torch.nn.Module:
+    """The transformer of `path` with its EMA weights (see `ema_source`). A LoRA run's EMA adapter is
+    laid over the adapted model of its checkpoint (or is the exported `lora_ema/`), then merged into the
+    base (`base_path`, else the base recorded with the adapter): a plain fp32 transformer."""
     from soar_fast.models.transformer import load_transformer
 
     folder, overlay = ema_source(path)
-    model = load_transformer(folder, dtype=dtype)
+    if is_adapter_folder(folder):
+        from soar_fast.models.lora_io import adapted_transformer, merged_transformer
+
+        model = adapted_transformer(folder, path=base_path)
+    else:
+        model = load_transformer(folder, dtype=dtype)
     if overlay is not None:
         lay_over(model, read_ema_tensors(overlay), source=overlay)
-    return model
+    return merged_transformer(model) if is_adapter_folder(folder) else model
