@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
-from soar_fast.accel.flops import fast_work, reference_work, step_flops
+from soar_fast.accel.flops import fast_work, reference_work, sft_work, step_flops
 from soar_fast.config import AccelConfig, LoraConfig, ModelConfig, OptimConfig, SoarConfig
 from soar_fast.models.lora import apply_lora, lora_info
 from soar_fast.models.transformer import build_transformer, preset_config, velocity_fn
@@ -52,6 +52,9 @@ ENCODE = "_with_reference_encoding"
 # `build_lora` steps: frozen base in the compute dtype, fp32 adapter, the optimizer over the adapter.
 LORA_RANK = "_lora_rank"
 BENCH_LORA_RANK = 16
+# The plain flow-matching baseline (`soar.objective = "sft"`) on the fast switches: what a step costs
+# without the rollout and the aux rows.
+SFT = "_sft_objective"
 
 
 def step_modes(cuda: bool) -> dict[str, dict]:
@@ -60,7 +63,8 @@ def step_modes(cuda: bool) -> dict[str, dict]:
     Each ablation flips one switch of the resolved `fast` default. `fused_kernels` defaults on with
     CUDA and off on CPU (`resolve_accel`), so its ablation is `-no_fused_kernels` there and
     `+fused_kernels` (the eager twins) here."""
-    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}, "fast+lora": {LORA_RANK: BENCH_LORA_RANK}}
+    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}, "fast+lora": {LORA_RANK: BENCH_LORA_RANK},
+                              "sft": {SFT: True}}
     if cuda:
         modes.update({
             "fast-no_compile": {"compile": False},
@@ -118,6 +122,7 @@ class StepRunner:
 
     def __init__(self, preset: str, switches: dict, inputs: Inputs, device: torch.device, *, batch: int):
         self.lora_rank = int(switches.get(LORA_RANK, 0))
+        objective = "sft" if switches.get(SFT) else "soar"
         switches = {k: v for k, v in switches.items() if not k.startswith("_")}
         if batch > 4 and not switches:  # the fast default at large B
             switches["aux_chunk"] = LARGE_B_AUX_CHUNK
@@ -140,7 +145,7 @@ class StepRunner:
         self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.params,
                                          state=self.accel.optimizer, device=device)
         self.grid = SigmaGrid().to(device)
-        self.soar = SoarConfig(trajectory_length=K)
+        self.soar = SoarConfig(trajectory_length=K, objective=objective)
         self.inputs = inputs
 
     def without_reference_checkpointing(self) -> StepRunner:
@@ -319,7 +324,9 @@ def make_row(built: Built, *, preset: str, resolution: int, batch: int, device: 
     img_tokens = (resolution // 8 // 2) ** 2
     n_aux = K * batch
     accel = built.runner.accel
-    if accel.mode == "reference":
+    if built.runner.soar.objective == "sft":
+        work = sft_work(batch, checkpointing=accel.grad_checkpointing, frozen_weights=built.runner.lora_rank > 0)
+    elif accel.mode == "reference":
         work = reference_work(batch, n_aux)
         if built.switches.get(NO_REFERENCE_CKPT):
             work = dataclasses.replace(work, checkpointing="none")
@@ -334,7 +341,7 @@ def make_row(built: Built, *, preset: str, resolution: int, batch: int, device: 
         switches["lora_rank"] = built.runner.lora_rank
     return {
         "mode": built.name, "preset": preset, "device": device_label(device), "batch": batch,
-        "resolution": resolution, "K": K, "image_tokens": img_tokens, "text_tokens": TEXT_TOKENS,
+        "resolution": resolution, "objective": built.runner.soar.objective, "K": K, "image_tokens": img_tokens, "text_tokens": TEXT_TOKENS,
         "timing": timing, "rounds": len(built.seconds),
         "samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * (img_tokens + TEXT_TOKENS),
         "ms_per_step": 1e3 * median, "ms_min": 1e3 * best,

@@ -5,8 +5,9 @@ step training a rank-16 LoRA adapter on the attention layers: frozen base, `lora
     pytest bench/ --benchmark-only --benchmark-json bench/results/step-<gpu>.json   # GPU: sd35m
     bash bench/gpu_campaign.sh                                       # a bare GPU machine (docs/performance.md)
 
-The modes, their construction and the timing live in bench/step_runner.py. On CPU every mode of the
-preset is built once and timed interleaved, round by round in rotating order, so every ratio comes
+The modes, their construction and the timing live in bench/step_runner.py; `sft` is the plain
+flow-matching step (`soar.objective = "sft"`) on the fast switches. On CPU every selected mode of the
+preset (and `reference`) is built once and timed interleaved, round by round in rotating order, so every ratio comes
 from the same minutes of the machine; on a GPU each mode runs alone (two SD3.5-M training states do
 not fit on one card). pytest-benchmark times one callable at a time, so each mode's test hands it the
 per-round durations measured together.
@@ -88,14 +89,18 @@ def cpu_threads():
 
 
 @pytest.fixture(scope="module")
-def interleaved(peak_flops):
-    """CPU: rows of every mode of a config, measured together the first time a test asks for them."""
+def interleaved(request, peak_flops):
+    """CPU: rows of every selected mode of a config (with `reference`, the base of the paired ratio),
+    measured together the first time a test asks for them; `-k sft` times sft and reference alone."""
     measured: dict[tuple, dict[str, dict]] = {}
+    selected = {item.callspec.params["mode"] for item in request.session.items
+                if "mode" in getattr(getattr(item, "callspec", None), "params", {})}
+    modes = {name: switches for name, switches in MODES.items() if name in selected or name == "reference"}
 
     def rows_for(preset: str, resolution: int, batch: int) -> dict[str, dict]:
         key = (preset, resolution, batch)
         if key not in measured:
-            measured[key] = measure_interleaved(MODES, preset, resolution, batch, DEVICE, rounds=ROUNDS,
+            measured[key] = measure_interleaved(modes, preset, resolution, batch, DEVICE, rounds=ROUNDS,
                                                 warmup=WARMUP, peak_flops=peak_flops)
         return measured[key]
 

@@ -31,9 +31,11 @@ COMMANDS = {
     "sample": "soar_fast.eval.sample:main_sample",
     "eval": "soar_fast.eval.run:main_eval",
     "export": "soar_fast.models.lora_export:main_export",
+    "diagnose": "soar_fast.eval.diagnose_command:main_diagnose",
 }
 PRESET_EXPORTS = {
     "tiny": "soar_fast.models.export:export_tiny_pipeline",
+    "toy": "soar_fast.models.export:export_toy_pipeline",
     "tiny-clip": "soar_fast.eval.tiny_clip:export_tiny_clip",
 }
 OVERRIDE_HELP = ("any config field as --section.key=value (e.g. --train.max_steps=20); lists are "
@@ -92,7 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     lx.add_argument("--merge", action="store_true", help="write a full transformer folder: base + adapter merged")
     lx.add_argument("--ema", action="store_true", help="the EMA of the adapter (ema.decay > 0) instead of the adapter")
     lx.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype written (float32)")
+    _diagnose_parser(with_config("diagnose", "exposure bias of checkpoints: teacher-forced vs self-rollout error"))
     return p
+
+
+def _diagnose_parser(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
+                   help="a checkpoints/step-N, transformer/ or run folder; repeat to compare several")
+    q.add_argument("--samples", type=int, metavar="N", help="samples measured (16)")
+    q.add_argument("--sigmas", metavar="S,S", help="start sigmas (default 0.95,0.9,0.8,...,0.1)")
+    q.add_argument("--rollout-steps", type=int, metavar="N", help="Euler steps of the self-rollout (6)")
+    q.add_argument("--cfg-scale", type=float, metavar="W", help="guidance of the rollout (default soar.cfg_scale)")
+    q.add_argument("--sampling-steps", type=int, metavar="S",
+                   help="steps t -> t - 1/S on the sigma grid (default soar.num_sampling_steps)")
+    q.add_argument("--seed", type=int, metavar="N", help="noise seed; sample i uses seed + i (default eval.seed)")
+    q.add_argument("--batch-size", type=int, metavar="B", help="samples per forward (default data.batch_size)")
+    q.add_argument("--data", metavar="JSONL", help="measure on this reference-format JSONL instead of the run's data")
+    q.add_argument("--out", metavar="DIR", help="output folder (default <run.output_dir>/diagnose)")
 
 
 def _resolve(target: str):
@@ -182,6 +200,7 @@ def _run(command: str, args: argparse.Namespace, overrides: list[str]) -> int:
         _export_preset(args.name, args.dir)
         print(f"wrote {args.name} to {args.dir}")
         return 0
+    args.overrides = overrides  # commands that reload a run's saved config apply them again
     return int(_resolve(COMMANDS[command])(cfg, args) or 0)
 
 

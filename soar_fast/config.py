@@ -55,12 +55,21 @@ class ModelConfig:
     path: str | None = None
     """Local diffusers folder (e.g. an SD3.5 download or `soar-fast preset export tiny DIR`).
     Loaded with local files only: nothing is ever downloaded."""
+    vae: Literal["auto", "toy", "tiny"] = "auto"
+    """The VAE of a preset (no `path`): `toy`, a fixed lossless map (2×2 pixel-unshuffle + an orthogonal
+    12→16 channel embedding, `models/toy_vae.py`) whose decodes are pictures, or `tiny`, a random-init
+    SD3-layout AutoencoderKL (8× downsampling, SD3's latent geometry) whose decodes are coloured noise.
+    `auto` = `toy` for the `tiny` preset (the demo), `tiny` for `sd35m` / `sd35l` (their benchmarks and
+    plans keep SD3's latent sizes). Ignored when `path` is set: the folder's own `vae/` is used (an
+    AutoencoderKL, or a toy one from `preset export toy`)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the exported final `transformer/` (or `lora/` adapter). Training keeps fp32 master weights
     of everything it trains (and checkpoints store them, for exact resume); bf16 compute is
     `train.mixed_precision`. A LoRA run's frozen base is stored in the compute dtype (`lora.rank`)."""
     resolution: int = ruled(64, image_side(widest_aspect=DEMO_WIDEST_ASPECT))
-    """Image side in pixels for the built-in demo data and for benchmark inputs (reference: 512)."""
+    """Image side in pixels for the built-in demo data, previews and benchmark inputs, and the default
+    side of `sample`/`eval` (reference: 512). A multiple of the VAE factor × patch size: 4 with
+    the toy VAE (the demo's), 16 for SD3's VAE and the tiny one."""
 
 
 @dataclass
@@ -98,6 +107,11 @@ class DataConfig:
 
 @dataclass
 class SoarConfig:
+    objective: Literal["soar", "sft"] = "soar"
+    """`soar`: the SOAR objective, main + λ·aux over the rollout's aux points. `sft`: the plain
+    flow-matching baseline through the same trainer: the main forward and its loss alone, with no
+    rollout and no aux forward (λ = 0 would still pay for both). Under `sft` only the timestep density
+    fields below are read, and `loss_aux` is left out of the logs (there is no aux term)."""
     trajectory_length: int = ruled(6, at_least(1))
     """K: auxiliary points per path and sample."""
     num_rollout_paths: int = ruled(1, at_least(1))
@@ -266,8 +280,9 @@ class LogConfig:
     """Show a progress bar."""
     plot: bool = True
     """Refresh `plots/loss.png` at each checkpoint and at the end."""
-    sample_every: int = ruled(0, at_least(0))
-    """Render the fixed prompt grid every this many steps (0 = never)."""
+    sample_every: int | None = ruled(None, at_least(0))
+    """Render the fixed prompt grid every this many steps (0 = never). None (`"none"` in TOML) = every
+    50 steps for the embedded demo (a preset trained on the generated demo set), never otherwise."""
     plan_memory: bool | None = None
     """Log the step's predicted peak memory at start-up (`soar-fast plan`'s fake-tensor step) and, on
     CUDA, the measured peak beside it at the first log step. None (`"none"` in TOML) = on with CUDA
@@ -317,10 +332,12 @@ class EvalConfig:
     """Sampler steps (reference evaluation: 40)."""
     cfg_scale: float = ruled(4.5, FINITE)
     """Guidance scale with an empty-string negative prompt (reference evaluation: 4.5); <= 1 = no CFG."""
-    resolution: int = ruled(512, image_side())
-    """Square image side in pixels."""
-    max_sequence_length: int = ruled(256, at_least(1))
-    """T5 tokens at sampling time (reference evaluation: 256; its training: 77)."""
+    resolution: int | None = ruled(None, image_side())
+    """Square image side in pixels. None = the training side `model.resolution`: the run's own when
+    sampling a soar-fast run (docs/eval.md), else this config's (reference evaluation: 512)."""
+    max_sequence_length: int | None = ruled(None, at_least(1))
+    """T5 tokens at sampling time. None = the training length `data.max_sequence_length`, the run's
+    own when sampling a soar-fast run, else this config's (reference: trains at 77, evaluates at 256)."""
     batch_size: int = ruled(8, at_least(1))
     """Images per sampler batch (with CFG, twice as many transformer rows)."""
     seed: int = ruled(0, at_least(0))

@@ -259,6 +259,16 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
+def load_sections(path: str, sections: tuple[str, ...]) -> Config:
+    """The defaults with only the tables `sections` of the TOML file at `path` applied, and no value
+    rules run: the parts of a saved run's config.toml that sampling the run reads, whatever its other
+    tables say (the caller checks the config it builds from them)."""
+    data = read_toml(path)
+    cfg = Config()
+    _apply_table(cfg, {name: table for name, table in data.items() if name in sections}, path)
+    return cfg
+
+
 def violations(cfg: Config) -> list[str]:
     """One line per value that breaks its field's rule (config.py) or a cross-field rule, in field order:
     `<key> = <value>: must be <what is allowed>`."""

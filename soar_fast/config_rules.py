@@ -114,7 +114,7 @@ def _num(x: float) -> str:
 def _geometry(cfg: Any) -> Any:
     from soar_fast.models.presets import model_geometry
 
-    return model_geometry(cfg.model.preset, cfg.model.path)
+    return model_geometry(cfg.model.preset, cfg.model.path, cfg.model.vae)
 
 
 def image_side(*, widest_aspect: float = 1.0) -> Check:
@@ -127,8 +127,8 @@ def image_side(*, widest_aspect: float = 1.0) -> Check:
         m, top = g.size_multiple, g.max_side
         return m, max(m, int(top / widest_aspect) // m * m)
 
-    def test(value: int, cfg: Any) -> bool:
-        lim = limits(cfg)
+    def test(value: int | None, cfg: Any) -> bool:
+        lim = None if value is None else limits(cfg)  # None: an Optional side left unset
         return lim is None or (value % lim[0] == 0 and lim[0] <= value <= lim[1])
 
     def allowed(cfg: Any) -> str:

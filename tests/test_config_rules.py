@@ -179,7 +179,7 @@ def test_lowest_boundaries_run_a_step_and_a_sample(tmp_path):
     """The loader's verdict holds: values it accepts at the lower edge of every rule really run."""
     edges = _lower_boundaries()
     cfg = load_config(None, edges)
-    assert cfg.train.max_steps == 1 and cfg.soar.trajectory_length == 1 and cfg.model.resolution == 16
+    assert cfg.train.max_steps == 1 and cfg.soar.trajectory_length == 1 and cfg.model.resolution == 4  # toy VAE x patch
     quiet = ["--log.progress=false", "--log.tensorboard=false", "--log.plot=false", "--run.device=cpu",
              "--run.cpu_threads=1"]
     code, lines = _cli_errors(["train", *edges, *quiet, f"--run.output_dir={tmp_path / 'train'}"])

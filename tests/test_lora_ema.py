@@ -104,12 +104,13 @@ def test_sampling_with_eval_use_ema_takes_the_ema_adapter(run):
 
     folder, out, _, live, averaged = run
     model_cfg, cpu = ModelConfig(path=str(folder)), torch.device("cpu")
+    sizes = {"resolution": 32, "max_sequence_length": 8, "dtype": "float32"}
     step3 = out / "checkpoints" / "step-3"
     for checkpoint in (step3, step3 / "lora", out, out / "lora", out / "lora_ema"):
-        pipe = load_pipeline(model_cfg, EvalConfig(checkpoint=str(checkpoint), use_ema=True, dtype="float32"), cpu)
+        pipe = load_pipeline(model_cfg, EvalConfig(checkpoint=str(checkpoint), use_ema=True, **sizes), cpu)
         assert not any("lora" in n for n, _ in pipe.transformer.named_parameters())
         assert_close(output(pipe.transformer), averaged)
-    pipe = load_pipeline(model_cfg, EvalConfig(checkpoint=str(step3), dtype="float32"), cpu)
+    pipe = load_pipeline(model_cfg, EvalConfig(checkpoint=str(step3), **sizes), cpu)
     assert_close(output(pipe.transformer), live)
 
 

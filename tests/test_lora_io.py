@@ -115,8 +115,8 @@ def test_sampling_applies_the_adapter(run, tiny_folder):
     from soar_fast.eval.pipeline import load_pipeline
 
     out, model = run
-    pipe = load_pipeline(ModelConfig(path=str(tiny_folder)), EvalConfig(checkpoint=str(out / "lora"), dtype="float32"),
-                         torch.device("cpu"))
+    eval_cfg = EvalConfig(checkpoint=str(out / "lora"), dtype="float32", resolution=32, max_sequence_length=8)
+    pipe = load_pipeline(ModelConfig(path=str(tiny_folder)), eval_cfg, torch.device("cpu"))
     assert_close(output(pipe.transformer), output(model))
 
 

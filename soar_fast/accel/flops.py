@@ -123,6 +123,11 @@ def fast_work(batch: int, num_aux_rows: int, *, rollout_reuse_cond: bool, checkp
                     checkpointing=checkpointing, frozen_weights=frozen_weights)
 
 
+def sft_work(batch: int, *, checkpointing: str, frozen_weights: bool = False) -> StepWork:
+    """The SFT step (`soar.objective = "sft"`): the main B with grad, nothing else."""
+    return StepWork(grad_samples=batch, nograd_samples=0, checkpointing=checkpointing, frozen_weights=frozen_weights)
+
+
 def measure_peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int = 8192,
                        iters: int = 20) -> float | None:
     """Measured dense-matmul FLOP/s of `device` (the MFU denominator); None off CUDA.

@@ -47,7 +47,7 @@ def scan_data(data: DataConfig, model: ModelConfig, *, seed: int, output_dir: st
     """The configured JSONL (or the demo set, generated first) scanned under `data.on_bad_sample`."""
     if data.jsonl is None:
         jsonl = write_demo_set(Path(output_dir) / "demo-data", size=data.demo_size, resolution=model.resolution,
-                               seed=seed)
+                               seed=seed, multiple=size_multiple(model))
         return scan(jsonl, jsonl.parent, policy="error", size_multiple=size_multiple(model), progress=False)
     return scan(data.jsonl, data.image_dir, policy=data.on_bad_sample, size_multiple=size_multiple(model),
                 workers=data.num_workers, progress=progress)

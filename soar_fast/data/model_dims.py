@@ -9,6 +9,7 @@ from typing import Any
 
 from soar_fast.config import DataConfig, ModelConfig
 from soar_fast.data.errors import DataError
+from soar_fast.models.presets import model_geometry, preset_vae
 
 # Seed of the tiny encoders' random weights: part of the model, not of the run, so a demo cache
 # stays valid across training seeds.
@@ -27,13 +28,13 @@ def transformer_config(model: ModelConfig) -> dict[str, Any]:
 
 
 def size_multiple(model: ModelConfig) -> int:
-    """Bucket sides must be multiples of this: VAE downsampling × transformer patch size (16 for SD3)."""
-    vae_down = 8
-    if model.path:
-        vae_cfg = Path(model.path) / "vae" / "config.json"
-        if vae_cfg.is_file():
-            vae_down = 2 ** (len(json.loads(vae_cfg.read_text())["block_out_channels"]) - 1)
-    return vae_down * int(transformer_config(model).get("patch_size", 2))
+    """Bucket sides must be multiples of this: VAE downsampling × transformer patch size (16 for SD3,
+    4 for the toy autoencoder); `models.presets.model_geometry` decides it."""
+    geometry = model_geometry(model.preset, model.path, model.vae)
+    if geometry is None:
+        transformer_config(model)  # raises the DataError naming the missing config
+        raise DataError(f"{model.path}: model.path has no readable transformer config")
+    return geometry.size_multiple
 
 
 def _folder_digest(root: Path) -> str:
@@ -57,5 +58,5 @@ def encoder_identity(model: ModelConfig, data: DataConfig) -> dict[str, Any]:
         cfg = transformer_config(model)
         identity = {"kind": "tiny", "preset": model.preset, "embed_dim": cfg["joint_attention_dim"],
                     "pooled_dim": cfg["pooled_projection_dim"], "latent_channels": cfg["in_channels"],
-                    "seed": TINY_ENCODER_SEED}
+                    "seed": TINY_ENCODER_SEED, "vae": preset_vae(model.preset, model.vae)}
     return identity | {"encoder_dtype": data.encoder_dtype, "max_sequence_length": data.max_sequence_length}

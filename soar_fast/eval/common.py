@@ -23,7 +23,7 @@ def config_rows(cfg: EvalConfig) -> list[PromptRow]:
     """`eval.prompts` in `eval.dataset`'s format, else `eval.prompt_list`; `eval.limit` applied."""
     if cfg.prompts:
         return load_prompts(cfg.prompts, cfg.dataset, cfg.limit)
-    if not cfg.prompt_list:
+    if not cfg.prompt_list:  # `from_run.sampling_config` explains the case of a run first
         raise ConfigError("no prompts: set eval.prompts (a prompt file) or eval.prompt_list")
     rows = rows_from_list(cfg.prompt_list)
     return rows[:cfg.limit] if cfg.limit > 0 else rows

@@ -81,7 +81,11 @@ class SamplingPipeline:
 
 def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.device, *,
                   transformer: torch.nn.Module | None = None) -> SamplingPipeline:
-    """Load the base parts (and `eval.checkpoint`) for sampling on `device`; `transformer` overrides both."""
+    """Load the base parts (and `eval.checkpoint`) for sampling on `device`; `transformer` overrides both.
+    `eval.resolution` and `eval.max_sequence_length` must be resolved (`from_run.sampling_config`)."""
+    if eval_cfg.resolution is None or eval_cfg.max_sequence_length is None:
+        raise ValueError("load_pipeline: eval.resolution and eval.max_sequence_length must be set (None means "
+                         "the training values: resolve them with eval.from_run.sampling_config)")
     from soar_fast.data.encoders import load_encoders
     from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer
     from soar_fast.models.transformer import build_transformer, load_transformer, scheduler_config
@@ -125,9 +129,11 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move, and cast only when needed (diffusers warns on every dtype `.to`)."""
+    """Move, and cast only when needed (diffusers warns on every dtype `.to`). A module without
+    parameters (the toy autoencoder) is only moved: it computes in float32 whatever is asked."""
     module = module.to(device)
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+    first = next(module.parameters(), None)
+    return module if first is None or first.dtype == dtype else module.to(dtype)
 
 
 def _velocity(transformer: torch.nn.Module, eval_cfg: EvalConfig, device: torch.device):

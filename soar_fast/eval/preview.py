@@ -1,4 +1,5 @@
-"""Training-time previews (`log.sample_every`): a fixed prompt list with fixed seeds rendered by the
+"""Training-time previews (`log.sample_every`; by default every 50 steps of the embedded demo, on
+held-out demo captions): a fixed prompt list with fixed seeds rendered by the
 current transformer into one grid, `<output_dir>/samples/step-<N:07d>.png`, and to TensorBoard; with
 `eval.preview_ema` the EMA weights render a second grid, `step-<N:07d>-ema.png` (`samples_ema`).
 
@@ -24,6 +25,10 @@ from soar_fast.eval.images import contact_sheet, to_uint8
 from soar_fast.eval.sampler import FlowSampler, initial_noise
 from soar_fast.models.vae import decode, scale_factor
 
+# `log.sample_every = None`: the embedded demo's preview interval (a grid costs about as much as a
+# few training steps there).
+DEMO_PREVIEW_EVERY = 50
+DEMO_PREVIEW_PROMPTS = 4
 DEFAULT_PROMPTS = (
     "a photo of a red circle on a white background",
     "a photo of a cat sitting on a blue square",
@@ -49,15 +54,40 @@ class Preview:
     device: torch.device
 
 
+def trains_the_demo(cfg: Config) -> bool:
+    """A preset trained on the generated demo set: the embedded demo."""
+    return not cfg.model.path and cfg.data.jsonl is None and cfg.data.cache is None
+
+
+def preview_every(cfg: Config) -> int:
+    """`log.sample_every` resolved: None = DEMO_PREVIEW_EVERY for the embedded demo, else never."""
+    if cfg.log.sample_every is not None:
+        return cfg.log.sample_every
+    return DEMO_PREVIEW_EVERY if trains_the_demo(cfg) else 0
+
+
+def preview_prompts(cfg: Config) -> tuple[str, ...]:
+    """`eval.preview_prompts`; else, for the demo, its first held-out demo captions (the prompts that
+    `soar-fast sample` of the run starts with), else DEFAULT_PROMPTS."""
+    if cfg.eval.preview_prompts:
+        return tuple(cfg.eval.preview_prompts)
+    if not trains_the_demo(cfg):
+        return DEFAULT_PROMPTS
+    from soar_fast.data.demo import demo_captions, held_out_captions
+
+    training = demo_captions(cfg.data, cfg.model, seed=cfg.train.seed)
+    return tuple(held_out_captions(training, DEMO_PREVIEW_PROMPTS, seed=cfg.train.seed))
+
+
 def build_preview(cfg: Config, device: torch.device | str, *, encoders: Any = None) -> Preview:
     """Encode the preview prompts once (with the run's encoders if given, else loading them) and keep
-    the VAE. Prompts: `eval.preview_prompts` or DEFAULT_PROMPTS; seeds `eval.seed + i`;
-    `eval.preview_steps` steps at `eval.cfg_scale`; `model.resolution` pixels."""
+    the VAE. Prompts: `preview_prompts(cfg)`; seeds `eval.seed + i`; `eval.preview_steps` steps at
+    `eval.cfg_scale`; `model.resolution` pixels."""
     from soar_fast.data.encoders import load_encoders
     from soar_fast.models.transformer import scheduler_config
 
     device = torch.device(device)
-    prompts = tuple(cfg.eval.preview_prompts) or DEFAULT_PROMPTS
+    prompts = preview_prompts(cfg)
     if encoders is None:
         dtype = "bfloat16" if device.type == "cuda" else "float32"
         encoders = load_encoders(cfg.model, dataclasses.replace(cfg.data, encoder_dtype=dtype), device)

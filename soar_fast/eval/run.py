@@ -1,6 +1,7 @@
 """`soar-fast eval CONFIG`: sample a benchmark prompt set and score it.
 
-Writes under `run.output_dir`:
+Writes under `run.output_dir` (under `<run>/eval/step-N/` when that folder is a soar-fast run, see
+`eval/from_run.py`):
 - `images/...png` (see generate.py for the layout),
 - `evaluation_results.jsonl`: one line per image, in (row, image) order: row, image_index, seed, prompt,
   metadata, image_path (relative to the folder), scores {name: value},
@@ -20,6 +21,7 @@ from typing import Any
 from soar_fast.config import Config
 from soar_fast.eval.aggregate import summary_markdown
 from soar_fast.eval.common import config_rows, run_info, session
+from soar_fast.eval.from_run import sampling_config
 from soar_fast.eval.generate import free_cuda, generate, plan_items, write_json, write_jsonl
 from soar_fast.eval.partition import barrier, gather_records, merge_records, shard
 from soar_fast.eval.pipeline import load_pipeline
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def main_eval(cfg: Config, args: Any = None) -> int:
+    cfg = sampling_config(cfg, "eval")
     check_model_folder(cfg.model.path, encodes=True, why="sampling encodes prompts and decodes latents")
     e = cfg.eval
     out = cfg.run.output_dir
@@ -62,8 +65,8 @@ def main_eval(cfg: Config, args: Any = None) -> int:
             write_json(os.path.join(out, "average_scores.json"), {**averages, "run": info})
             with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
                 f.write(summary_markdown(averages, info))
-            write_grid(out, merged)
-            print(_report(averages, out))
+            grid = write_grid(out, merged)
+            print(f"{_report(averages, out)} (grid: {grid})", flush=True)
         barrier(env)
     return 0
 

@@ -1,8 +1,10 @@
-"""`soar-fast sample CONFIG`: images for the configured prompts, a contact sheet and a JSONL index.
+"""`soar-fast sample [CONFIG]`: images for the configured prompts, a contact sheet and a JSONL index.
 
-Writes under `run.output_dir`: `images/<row:05d>-<k:02d>.png`, `grid.png` (the first
-`GRID_MAX_IMAGES` images) and `index.jsonl` (row, image_index, seed, prompt, metadata, image_path).
-Runs on every GPU under torchrun, rows split exactly over the ranks.
+Writes under `run.output_dir` (under `<run>/sample/step-N/` when that folder is a soar-fast run, see
+`eval/from_run.py`): `images/<row:05d>-<k:02d>.png`, `grid.png` (the first `GRID_MAX_IMAGES` images)
+and `index.jsonl` (row, image_index, seed, prompt, metadata, image_path), and prints where the grid
+went. A bare `soar-fast sample` right after `soar-fast train` samples the demo run's latest checkpoint
+on held-out demo captions. Runs on every GPU under torchrun, rows split exactly over the ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 
 from soar_fast.config import Config
 from soar_fast.eval.common import config_rows, run_info, session
+from soar_fast.eval.from_run import sampling_config
 from soar_fast.eval.generate import generate, plan_items, write_jsonl
 from soar_fast.eval.images import contact_sheet
 from soar_fast.eval.partition import barrier, gather_records, merge_records, shard
@@ -39,6 +42,7 @@ def write_grid(output_dir: str, records: list[dict[str, Any]], name: str = "grid
 
 
 def main_sample(cfg: Config, args: Any = None) -> int:
+    cfg = sampling_config(cfg, "sample")
     check_model_folder(cfg.model.path, encodes=True, why="sampling encodes prompts and decodes latents")
     e = cfg.eval
     rows = config_rows(e)
@@ -59,7 +63,7 @@ def main_sample(cfg: Config, args: Any = None) -> int:
             grid = write_grid(cfg.run.output_dir, merged)
             info = run_info(cfg, env, len(rows), len(merged), seconds)
             print(f"sampled {len(merged)} images from {len(rows)} prompts in {seconds:.1f}s (rank 0) -> "
-                  f"{cfg.run.output_dir} (grid: {grid})")
+                  f"{cfg.run.output_dir} (grid: {grid})", flush=True)
             log.info("sample run: %s", info)
         barrier(env)
     return 0

@@ -1,8 +1,10 @@
-"""`soar-fast preset export tiny DIR`: a complete SD3 diffusers folder with tiny random parts.
+"""`soar-fast preset export tiny|toy DIR`: a complete SD3 diffusers folder with tiny random parts.
 
-`StableDiffusion3Pipeline.from_pretrained(DIR)` loads it offline and `model.path = DIR` trains with
-it, so tests and users exercise the real loading path (transformer, VAE, CLIP-L/G, T5, tokenizers,
-scheduler with shift 3.0) without downloading anything.
+`tiny`: `StableDiffusion3Pipeline.from_pretrained(DIR)` loads it offline and `model.path = DIR` trains
+with it, so tests and users exercise the real loading path (transformer, VAE, CLIP-L/G, T5, tokenizers,
+scheduler with shift 3.0) without downloading anything. `toy`: the same folder with the toy autoencoder
+as `vae/` (`models/toy_vae.py`), so what `sample` and `eval` decode from it are pictures; soar-fast
+loads it (`model.path = DIR`), diffusers' SD3 pipeline does not (its VAE must be an AutoencoderKL).
 """
 
 from __future__ import annotations
@@ -41,4 +43,20 @@ def export_tiny_pipeline(directory: str | Path) -> Path:
         (out / sub / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
         merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
         (out / sub / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out
+
+
+def export_toy_pipeline(directory: str | Path) -> Path:
+    """The tiny pipeline with the toy autoencoder as `vae/` (model_index.json names it too)."""
+    import shutil
+
+    from soar_fast.models.toy_vae import build_toy_autoencoder
+
+    out = export_tiny_pipeline(directory)
+    shutil.rmtree(out / "vae")
+    build_toy_autoencoder().save_pretrained(out / "vae")
+    index_file = out / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["vae"] = ["soar_fast.models.toy_vae", "ToyAutoencoder"]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return out

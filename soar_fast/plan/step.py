@@ -46,7 +46,10 @@ class RunShapes:
 
 
 def run_shapes(cfg: Config, model_config: dict[str, Any]) -> RunShapes:
-    side = int(cfg.model.resolution) // 8  # SD3's VAE downsamples 8x
+    from soar_fast.models.presets import DEFAULT_VAE_FACTOR, model_geometry
+
+    geometry = model_geometry(cfg.model.preset, cfg.model.path, cfg.model.vae)
+    side = int(cfg.model.resolution) // (geometry.vae_factor if geometry else DEFAULT_VAE_FACTOR)
     return RunShapes(batch=int(cfg.data.batch_size), channels=int(model_config["in_channels"]),
                      latent_hw=(side, side), text_tokens=TEXT_CLIP_TOKENS + int(cfg.data.max_sequence_length),
                      embed_dim=int(model_config["joint_attention_dim"]),
@@ -134,17 +137,20 @@ def _target(cfg: Config) -> torch.device:
 
 def step_flops_of(cfg: Config, config: dict[str, Any], shapes: RunShapes, accel: Any) -> int:
     """Executed FLOPs of one optimizer step per `soar_fast.accel.flops` (transformer matmuls)."""
-    from soar_fast.accel.flops import fast_work, reference_work, step_flops
+    from soar_fast.accel.flops import fast_work, reference_work, sft_work, step_flops
     from soar_fast.models.transformer import image_tokens
 
     B = shapes.batch
     aux_rows = B * int(cfg.soar.trajectory_length) * int(cfg.soar.num_rollout_paths)
-    if accel.mode == "reference":
+    checkpointing = "full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing
+    frozen = int(cfg.lora.rank) > 0  # LoRA: no weight gradients of the base
+    if cfg.soar.objective == "sft":
+        work = sft_work(B, checkpointing=checkpointing, frozen_weights=frozen)
+    elif accel.mode == "reference":
         work = reference_work(B, aux_rows)
     else:
-        work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond,
-                         checkpointing="full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing,
-                         frozen_weights=int(cfg.lora.rank) > 0)
+        work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond, checkpointing=checkpointing,
+                         frozen_weights=frozen)
     n_image = image_tokens(config, shapes.latent_hw)
     accum = max(int(cfg.train.gradient_accumulation_steps), 1)
     return accum * step_flops(config, n_image, shapes.text_tokens, work)
@@ -194,7 +200,7 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
     from soar_fast.train.phases import instrument, timing
     from soar_fast.train.trainer import Trainer
 
-    if int(cfg.soar.num_rollout_paths) != 1:
+    if cfg.soar.objective == "soar" and int(cfg.soar.num_rollout_paths) != 1:
         raise ConfigError("soar.num_rollout_paths: the planner needs 1 (with stochastic paths the number of aux "
                           "rows depends on the drawn timesteps, which fake tensors do not have)")
     if world > 1 and cfg.parallel.strategy == "ddp":

@@ -72,6 +72,8 @@ class Window:
     samples: int = 0
     tokens: int = 0
     lr: float = 0.0
+    with_aux: bool = True
+    """False under `soar.objective = "sft"`: the record leaves `loss_aux` out (there is no aux term)."""
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, r: StepResult, lr: float) -> None:
@@ -91,8 +93,11 @@ class Window:
             sums = torch.cat([sum_over_ranks(sums[:3], d), sums[3:]])
         loss, main, aux, gnorm = (sums / self.steps).tolist()  # host sync (log steps only)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"step": step, "loss": loss, "loss_main": main, "loss_aux": aux, "lr": self.lr,
-                "grad_norm": gnorm, "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed}
+        record = {"step": step, "loss": loss, "loss_main": main, "loss_aux": aux, "lr": self.lr,
+                  "grad_norm": gnorm, "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed}
+        if not self.with_aux:
+            del record["loss_aux"]
+        return record
 
 
 def _log_measured_peak(trainer: Trainer, step: int) -> bool:
@@ -118,14 +123,17 @@ def fit(trainer: Trainer) -> str:
     # checkpoint steps, so the step itself never syncs.
     sync_check = trainer.device.type == "cpu" or cfg.train.on_nonfinite == "skip"
     first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
-    preview = None
-    if cfg.log.sample_every > 0:
+    from soar_fast.eval.preview import preview_every
+
+    preview, sample_every = None, preview_every(cfg)
+    if sample_every > 0 and trainer.step // sample_every < max_steps // sample_every:  # a preview step lies ahead
         from soar_fast.eval.preview import build_preview, render_preview
 
         preview = build_preview(cfg, trainer.device)
     bar = _progress(cfg.log.progress and trainer.is_main, trainer.step, max_steps)
     d = trainer.dist
-    window = Window()
+    with_aux = cfg.soar.objective == "soar"
+    window = Window(with_aux=with_aux)
     peak_logged = False
     status = "done"
     first_step = trainer.step + 1
@@ -171,8 +179,8 @@ def fit(trainer: Trainer) -> str:
                     metrics.log(record)
                     if trainer.is_main:
                         _show(bar, record)
-                    window = Window()
-                if preview is not None and step % cfg.log.sample_every == 0:
+                    window = Window(with_aux=with_aux)
+                if preview is not None and step % sample_every == 0:
                     # Every rank runs the sampler (FSDP2 forwards are collectives); rank 0 writes the grid.
                     render_preview(unwrap(trainer.model), preview, step=step, output_dir=out,
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
@@ -277,8 +285,9 @@ def _progress(enabled: bool, initial: int, total: int):
 
 
 def _show(bar, record: dict) -> None:
+    aux = f"aux {record['loss_aux']:.4f}  " if "loss_aux" in record else ""
     text = (f"step {record['step']}  loss {record['loss']:.4f}  main {record['loss_main']:.4f}  "
-            f"aux {record['loss_aux']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s")
+            f"{aux}lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s")
     if bar.disable:
         log.info(text)
     else:

@@ -17,7 +17,7 @@ log = logging.getLogger("soar_fast.train")
 
 # What a run writes (and what `run.overwrite` may delete); demo data is kept, it is reproducible.
 RUN_OUTPUTS = ("checkpoints", "transformer", "transformer_ema", "lora", "lora_ema", "tensorboard", "plots",
-               "metrics.jsonl")
+               "metrics.jsonl", "samples", "sample", "eval")
 
 
 def main_train(cfg: Config, args: Any) -> int:

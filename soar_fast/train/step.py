@@ -2,6 +2,7 @@
 
 batch → z_t0 → main forward (grad) → rollout forward (no grad) → CFG + aux points → aux forward(s)
 → loss → backward. The optimizer step is the trainer's (it also owns clipping and accumulation).
+`soar.objective = "sft"` is the same step stopped after the main forward: plain flow matching.
 
 Accelerations do not fork this function: they replace the pieces in `StepFns` (a compiled or
 CUDA-graphed rollout forward, fused CFG/aux-point and loss kernels) and set `StepOptions`; with the
@@ -235,10 +236,14 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     # 2. Main forward, with grad: the plain flow-matching loss towards z1 − z0. With `fuse_main` these
     # rows run in front of the first aux forward instead (step 5).
     main = MainRows((z_t0, tau0, prompt_embeds, pooled), draws.z1 - z0, loss_weight(sigma0, soar.weighting_scheme))
+    sft = soar.objective == "sft"
     v0 = None
-    if not opts.fuse_main:
+    if not opts.fuse_main or sft:  # SFT has no aux forward to fuse the main rows into
         with autocast:
             v0 = fns.forward(*main.inputs)
+    # SFT (`soar.objective = "sft"`) ends here: the main loss and its backward, none of steps 3-5.
+    if sft:
+        return flow_matching_step(fns, main, v0, loss_scale=loss_scale, global_counts=global_counts)
 
     # 3. Rollout forward, no grad. v_cond is the main forward's own output when reused.
     v_uncond, v_cond = rollout_velocities(fns, opts, autocast, main, v0, null_embeds, null_pooled)
@@ -266,6 +271,19 @@ def soar_step(fns: StepFns, z0: torch.Tensor, prompt_embeds: torch.Tensor, poole
     # the global loss and mean items (the reference logs the shares alone: ≈ means / W; docs/objective.md §5).
     return LossParts(loss=loss.detach(), loss_main=main_sum.detach() / normaliser(n_main, 0, 0.0),
                      loss_aux=aux_sum.detach() / normaliser(0, n_aux, 1.0), n_main=n_main, n_aux=n_aux)
+
+
+def flow_matching_step(fns: StepFns, main: MainRows, v0: torch.Tensor, *, loss_scale: float,
+                       global_counts: GlobalCounts | None) -> LossParts:
+    """The SFT step's end (`soar.objective = "sft"`): the main loss, the mean over the global batch,
+    and its backward; no rollout, no aux forward. `loss_aux` is 0 over `n_aux = 0` items."""
+    main_sum = fns.flow_loss(v0, main.target, main.weight).sum()
+    n_main = main.size if global_counts is None else global_counts(main.size, 0)[0]
+    loss = main_sum / normaliser(n_main, 0, 0.0)
+    with phase("backward"):
+        (loss * loss_scale).backward()
+    loss = loss.detach()
+    return LossParts(loss=loss, loss_main=loss, loss_aux=torch.zeros_like(loss), n_main=n_main, n_aux=0)
 
 
 def drop_conditions(prompt_embeds: torch.Tensor, pooled: torch.Tensor, null_embeds: torch.Tensor,
