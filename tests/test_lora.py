@@ -77,12 +77,13 @@ def _params(trainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return base, adapter
 
 
-def test_only_the_adapter_trains_and_the_base_stays_bit_identical(tmp_path):
+@pytest.mark.parametrize("objective", ["soar", "sft"])
+def test_only_the_adapter_trains_and_the_base_stays_bit_identical(tmp_path, objective):
     from soar_fast.train.loop import fit
     from soar_fast.train.trainer import Trainer
 
     cfg = tiny_config(tmp_path, ["--lora.rank=4", "--lora.init=gaussian", "--train.max_steps=3",
-                                 "--checkpoint.every=0", "--optim.lr=1e-3"])
+                                 "--checkpoint.every=0", "--optim.lr=1e-3", f"--soar.objective={objective}"])
     trainer = Trainer.build(cfg, source=FakeSource())
     base, adapter = _params(trainer)
     assert adapter and all(".lora_A." in n or ".lora_B." in n for n in adapter)
