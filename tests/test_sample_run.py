@@ -116,6 +116,8 @@ def test_sampling_a_lora_run_finds_its_base_and_adapter(lora_run, capsys):
     capsys.readouterr()
     assert cli.main(["sample", f"--run.output_dir={lora_run}"]) == 0
     assert "sample/step-2 (grid:" in capsys.readouterr().out and (lora_run / "sample" / "step-2" / "grid.png").is_file()
+    assert cli.main(["sample", f"--run.output_dir={lora_run}", "--eval.use_ema=true"]) == 0
+    assert (lora_run / "sample" / "step-2-ema" / "grid.png").is_file()  # beside the weights' images
     # What sampling runs: the run's recorded base with the adapter (or its EMA) merged in.
     plain = merged_transformer(adapted_transformer(str(ckpt / "lora")))
     averaged = adapted_transformer(str(ckpt / "lora"))

@@ -9,7 +9,8 @@ returns the config the command runs with:
   `checkpoints/step-N`, or its final `transformer/` / `lora/` or their `_ema` twins; a run folder means
   its latest checkpoint, whose `ema/` `eval.use_ema` takes). A LoRA run's base is the run's `[model]`. With no
   `eval.checkpoint`, `run.output_dir` when it holds a run: its latest checkpoint is sampled and the
-  outputs go to `<run>/<command>/step-N/`, never into the run's own files;
+  outputs go to `<run>/<command>/step-N/` (`step-N-ema/` with `eval.use_ema`), never into the run's own
+  files;
 - from the run: the `[model]` fields this config leaves at their defaults, `eval.resolution` (None →
   the run's `model.resolution`) and `eval.max_sequence_length` (None → the run's
   `data.max_sequence_length`); without prompts, a demo run gets held-out demo captions;
@@ -121,7 +122,9 @@ def sampling_config(cfg: Config, command: str) -> Config:
             raise ConfigError(f"run.output_dir={out} holds a run with no complete checkpoint or transformer/ "
                               "to sample yet: train it first, or set eval.checkpoint")
         checkpoint = run.transformer
-        out = os.path.join(out, command, f"step-{run.step}" if run.step is not None else "final")
+        # The EMA's images beside the weights' (`step-N-ema`), never over them.
+        name = (f"step-{run.step}" if run.step is not None else "final") + ("-ema" if e.use_ema else "")
+        out = os.path.join(out, command, name)
     else:
         checkpoint = None
     model, data = cfg.model, cfg.data
