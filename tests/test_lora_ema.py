@@ -121,3 +121,26 @@ def test_the_training_preview_renders_the_ema_adapter(run):
     _, out, *_ = run
     grids = [np.asarray(Image.open(out / "samples" / name)) for name in ("step-0000003.png", "step-0000003-ema.png")]
     assert grids[0].shape == grids[1].shape and not np.array_equal(*grids)
+
+
+def test_a_pissa_ema_adapter_exports_as_a_delta_on_the_original_base(run, tmp_path):
+    """PiSSA trains on a residual base: `lora_ema/` (rank 2r) and `eval.use_ema` on its checkpoint both give
+    the model with the EMA swapped in, the first through diffusers on the untouched base."""
+    from soar_fast.config import EvalConfig, ModelConfig
+    from soar_fast.eval.pipeline import load_pipeline
+    from soar_fast.train.loop import fit
+    from soar_fast.train.trainer import Trainer
+
+    folder = run[0]
+    out = tmp_path / "pissa"
+    cfg = tiny_config(out, [f"--model.path={folder}", *LORA_EMA, "--lora.init=pissa", "--lora.target_modules=attention",
+                            "--train.max_steps=2", "--checkpoint.every=2"])
+    trainer = Trainer.build(cfg, source=FakeSource(**SOURCE))
+    assert fit(trainer) == "done"
+    with trainer.ema.swapped_in():
+        want = output(trainer.model.eval())
+    assert (want - output(trainer.model)).abs().max() > 1e-4
+    assert_close(output(load_pipeline_with(folder, out / "lora_ema").transformer.eval()), want)
+    eval_cfg = EvalConfig(checkpoint=str(out / "checkpoints" / "step-2"), use_ema=True, resolution=32,
+                          max_sequence_length=8, dtype="float32")
+    assert_close(output(load_pipeline(ModelConfig(path=str(folder)), eval_cfg, torch.device("cpu")).transformer), want)
