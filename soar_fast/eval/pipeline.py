@@ -87,28 +87,14 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
         raise ValueError("load_pipeline: eval.resolution and eval.max_sequence_length must be set (None means "
                          "the training values: resolve them with eval.from_run.sampling_config)")
     from soar_fast.data.encoders import load_encoders
-    from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer
-    from soar_fast.models.transformer import build_transformer, load_transformer, scheduler_config
+    from soar_fast.models.transformer import build_transformer, scheduler_config
 
     dtype = resolve_dtype(eval_cfg.dtype, device)
     enc_dtype = "bfloat16" if dtype == torch.bfloat16 else "float32"
     if transformer is None:
-        if eval_cfg.use_ema:
-            from soar_fast.models.ema_folder import load_ema_transformer
-
-            if not eval_cfg.checkpoint:
-                raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
-                                  "folder (or its transformer/ or lora/) with transformer_ema/ or lora_ema/ beside it")
-            transformer = load_ema_transformer(eval_cfg.checkpoint, dtype=dtype, base_path=model_cfg.path)
-            log.info("sampling with the EMA weights of %s", eval_cfg.checkpoint)
-        elif eval_cfg.checkpoint and find_adapter_folder(eval_cfg.checkpoint) is not None:
-            folder = find_adapter_folder(eval_cfg.checkpoint)
-            # Merged once: sampling then runs plain Linear layers (and compiles like the base model).
-            transformer = merged_transformer(adapted_transformer(folder, path=model_cfg.path))
-            log.info("sampling with the LoRA adapter of %s merged into its base", folder)
-        elif eval_cfg.checkpoint:
-            transformer = load_transformer(eval_cfg.checkpoint, dtype=dtype)
-            log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
+        if eval_cfg.checkpoint or eval_cfg.use_ema:
+            transformer = trained_transformer(eval_cfg.checkpoint, base_path=model_cfg.path, dtype=dtype,
+                                              use_ema=eval_cfg.use_ema)
         else:
             transformer = build_transformer(model_cfg)
     # After the transformer: a wrong eval.checkpoint fails before the text encoders load.
@@ -126,6 +112,31 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
                           patch_size=int(transformer.config.patch_size))
     return SamplingPipeline(transformer, encoders.text, vae, sampler, device, dtype,
                             eval_cfg.max_sequence_length, eval_cfg.resolution)
+
+
+def trained_transformer(checkpoint: str | None, *, base_path: str | None, dtype: torch.dtype,
+                        use_ema: bool = False) -> torch.nn.Module:
+    """The transformer `checkpoint` holds (module docstring): its weights, its LoRA adapter merged into the
+    base (`base_path`, else the recorded one), or with `use_ema` its EMA weights (`eval.use_ema`)."""
+    from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer
+    from soar_fast.models.transformer import load_transformer
+
+    if use_ema:
+        from soar_fast.models.ema_folder import load_ema_transformer
+
+        if not checkpoint:
+            raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
+                              "folder (or its transformer/ or lora/) with transformer_ema/ or lora_ema/ beside it")
+        log.info("sampling with the EMA weights of %s", checkpoint)
+        return load_ema_transformer(checkpoint, dtype=dtype, base_path=base_path)
+    assert checkpoint, "trained_transformer: no checkpoint"
+    folder = find_adapter_folder(checkpoint)
+    if folder is not None:
+        log.info("sampling with the LoRA adapter of %s merged into its base", folder)
+        # Merged once: sampling then runs plain Linear layers (and compiles like the base model).
+        return merged_transformer(adapted_transformer(folder, path=base_path))
+    log.info("sampling with the transformer of %s", checkpoint)
+    return load_transformer(checkpoint, dtype=dtype)
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
