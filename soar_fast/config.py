@@ -162,8 +162,9 @@ class OptimConfig:
 class EmaConfig:
     decay: float = ruled(0.0, between(0, 1, hi_open=True))
     """Exponential moving average of the trained weights (a LoRA run: of the adapter): after each update
-    `ema = decay·ema + (1 − decay)·weights`. 0 = off (the default). It averages over about `every / (1 − decay)` optimizer
-    steps: 0.999 suits a few thousand steps, 0.9999 tens of thousands (docs/ema.md)."""
+    `ema = decay·ema + (1 − decay)·weights`. 0 = off (the default). It averages over about
+    `every / (1 − decay)` optimizer steps: 0.999 suits a few thousand steps, 0.9999 tens of thousands
+    (docs/ema.md)."""
     every: int = ruled(1, at_least(1))
     """Update the EMA after every this many optimizer steps (its decay is per update, not per step)."""
     warmup: Literal["none", "power", "linear"] = "none"

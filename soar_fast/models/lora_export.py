@@ -4,8 +4,8 @@ SOURCE is a run folder (its final `lora/`, else its latest checkpoint), a `check
 or an adapter folder itself; with `--ema`, the EMA of the adapter (`ema.decay` > 0) instead: the run's
 `lora_ema/`, or a checkpoint's `ema/` laid over its adapter. Without `--merge`, OUT is the adapter in
 diffusers' LoRA format (`StableDiffusion3Pipeline.load_lora_weights(OUT)`), relative to the original
-base (PiSSA/OLoRA converted); with `--merge`, OUT is a full transformer folder (`SD3Transformer2DModel.from_pretrained(OUT)`),
-base + adapter folded into one set of weights. The base is the one recorded with the adapter, or
+base (PiSSA/OLoRA converted); with `--merge`, OUT is a full transformer folder
+(`SD3Transformer2DModel.from_pretrained(OUT)`), base + adapter folded into one set of weights. The base is the one recorded with the adapter, or
 `--model.path=DIR` when that folder has moved. `--dtype` casts what is written (default float32).
 """
 
