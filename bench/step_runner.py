@@ -28,11 +28,13 @@ import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.accel.flops import fast_work, reference_work, sft_work, step_flops
-from soar_fast.config import AccelConfig, ModelConfig, OptimConfig, SoarConfig
+from soar_fast.config import AccelConfig, LoraConfig, ModelConfig, OptimConfig, SoarConfig
+from soar_fast.models.lora import apply_lora, lora_info
 from soar_fast.models.transformer import build_transformer, preset_config, velocity_fn
 from soar_fast.soar import SigmaGrid, draw
 from soar_fast.train.optim import build_optimizer
 from soar_fast.train.step import StepFns, soar_step, step_options
+from soar_fast.train.trainer import trainable_parameters
 
 K = 6
 TEXT_TOKENS = 77 + 77          # CLIP 77 + T5 77 (reference training max_sequence_length)
@@ -46,6 +48,10 @@ LARGE_B_AUX_CHUNK = 4 * K
 # benchmark removes the checkpointing itself.)
 NO_REFERENCE_CKPT = "_no_reference_ckpt"
 ENCODE = "_with_reference_encoding"
+# A LoRA run of this rank on `[lora]`'s default targets (the attention layers), built by the trainer's
+# `build_lora` steps: frozen base in the compute dtype, fp32 adapter, the optimizer over the adapter.
+LORA_RANK = "_lora_rank"
+BENCH_LORA_RANK = 16
 # The plain flow-matching baseline (`soar.objective = "sft"`) on the fast switches: what a step costs
 # without the rollout and the aux rows.
 SFT = "_sft_objective"
@@ -57,7 +63,8 @@ def step_modes(cuda: bool) -> dict[str, dict]:
     Each ablation flips one switch of the resolved `fast` default. `fused_kernels` defaults on with
     CUDA and off on CPU (`resolve_accel`), so its ablation is `-no_fused_kernels` there and
     `+fused_kernels` (the eager twins) here."""
-    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}, "sft": {SFT: True}}
+    modes: dict[str, dict] = {"reference": {"mode": "reference"}, "fast": {}, "fast+lora": {LORA_RANK: BENCH_LORA_RANK},
+                              "sft": {SFT: True}}
     if cuda:
         modes.update({
             "fast-no_compile": {"compile": False},
@@ -114,6 +121,7 @@ class StepRunner:
     """A fresh model + optimizer for one mode, and `__call__` = one optimizer step."""
 
     def __init__(self, preset: str, switches: dict, inputs: Inputs, device: torch.device, *, batch: int):
+        self.lora_rank = int(switches.get(LORA_RANK, 0))
         objective = "sft" if switches.get(SFT) else "soar"
         switches = {k: v for k, v in switches.items() if not k.startswith("_")}
         if batch > 4 and not switches:  # the fast default at large B
@@ -124,12 +132,17 @@ class StepRunner:
             model = build_transformer(ModelConfig(preset=preset), seed=0, joint_attention_dim=DIMS[preset][0],
                                       pooled_projection_dim=DIMS[preset][1])
         self.model = model.to(device).train()
+        mixed_precision = "bf16" if device.type == "cuda" else "no"
+        if self.lora_rank:
+            info = lora_info(LoraConfig(rank=self.lora_rank), self.model, init_seed=0)
+            apply_lora(self.model, info, base_dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float32)
         forward = velocity_fn(self.model)
         self.fns = apply_accel(self.model, StepFns(forward=forward, rollout_forward=forward), self.accel,
                                device=device)
         self.report = self.model.soar_accel_report
-        self.opts = step_options(self.accel, mixed_precision="bf16" if device.type == "cuda" else "no")
-        self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.model.parameters(),
+        self.opts = step_options(self.accel, mixed_precision=mixed_precision)
+        self.params = trainable_parameters(self.model)
+        self.optimizer = build_optimizer(OptimConfig(lr=1e-6, weight_decay=1e-4), self.params,
                                          state=self.accel.optimizer, device=device)
         self.grid = SigmaGrid().to(device)
         self.soar = SoarConfig(trajectory_length=K, objective=objective)
@@ -144,7 +157,7 @@ class StepRunner:
         x = self.inputs
         soar_step(self.fns, x.z0, x.embeds, x.pooled, x.null_e, x.null_p, x.next_draws(), self.grid, self.soar,
                   self.opts)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -312,18 +325,20 @@ def make_row(built: Built, *, preset: str, resolution: int, batch: int, device: 
     n_aux = K * batch
     accel = built.runner.accel
     if built.runner.soar.objective == "sft":
-        work = sft_work(batch, checkpointing=accel.grad_checkpointing)
+        work = sft_work(batch, checkpointing=accel.grad_checkpointing, frozen_weights=built.runner.lora_rank > 0)
     elif accel.mode == "reference":
         work = reference_work(batch, n_aux)
         if built.switches.get(NO_REFERENCE_CKPT):
             work = dataclasses.replace(work, checkpointing="none")
     else:
         work = fast_work(batch, n_aux, rollout_reuse_cond=accel.rollout_reuse_cond,
-                         checkpointing=accel.grad_checkpointing)
+                         checkpointing=accel.grad_checkpointing, frozen_weights=built.runner.lora_rank > 0)
     config = preset_config(preset, joint_attention_dim=DIMS[preset][0], pooled_projection_dim=DIMS[preset][1])
     flops = step_flops(config, img_tokens, TEXT_TOKENS, work) / median
     samples_per_s = batch / median
     switches = built.runner.report.as_dict()
+    if built.runner.lora_rank:
+        switches["lora_rank"] = built.runner.lora_rank
     return {
         "mode": built.name, "preset": preset, "device": device_label(device), "batch": batch,
         "resolution": resolution, "objective": built.runner.soar.objective, "K": K, "image_tokens": img_tokens, "text_tokens": TEXT_TOKENS,

@@ -1,4 +1,5 @@
-"""Whole training steps per mode: `reference` (the baseline semantics) vs `fast`, plus ablations.
+"""Whole training steps per mode: `reference` (the baseline semantics) vs `fast`, `fast+lora` (the fast
+step training a rank-16 LoRA adapter on the attention layers: frozen base, `lora.rank = 16`), plus ablations.
 
     pytest bench/test_step.py --benchmark-only                       # CPU: tiny preset
     pytest bench/ --benchmark-only --benchmark-json bench/results/step-<gpu>.json   # GPU: sd35m
@@ -143,7 +144,7 @@ def record(benchmark, row: dict, rows: list[dict]) -> None:
 @pytest.mark.parametrize("preset,resolution,batch", CONFIGS, ids=[f"{p}-{r}px-B{b}" for p, r, b in CONFIGS])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_step(benchmark, step_rows, interleaved, alone, mode, preset, resolution, batch):
-    if batch > 4 and mode not in ("reference", "fast"):
+    if batch > 4 and mode not in ("reference", "fast", "fast+lora"):
         pytest.skip("ablations at B = 4 only")
     if needs_torchao(MODES[mode]) and importlib.util.find_spec("torchao") is None:
         pytest.skip(f"{mode} needs torchao, which is not installed")

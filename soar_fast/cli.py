@@ -30,6 +30,7 @@ COMMANDS = {
     "plan": "soar_fast.plan.command:main_plan",
     "sample": "soar_fast.eval.sample:main_sample",
     "eval": "soar_fast.eval.run:main_eval",
+    "export": "soar_fast.models.lora_export:main_export",
     "diagnose": "soar_fast.eval.diagnose_command:main_diagnose",
 }
 PRESET_EXPORTS = {
@@ -86,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="run the benchmark suite (pytest bench/ --benchmark-only)", add_help=False)
     with_config("sample", "sample images with a model or checkpoint")
     with_config("eval", "sample and score a prompt set")
+    lx = sub.add_parser("export", help="a LoRA run's adapter in diffusers' LoRA format, or merged (--merge)",
+                        epilog="--model.path=DIR: the base, when it is no longer where training found it.")
+    lx.add_argument("source", metavar="SOURCE", help="a run folder, a checkpoints/step-N folder or a lora/ folder")
+    lx.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
+    lx.add_argument("--merge", action="store_true", help="write a full transformer folder: base + adapter merged")
+    lx.add_argument("--ema", action="store_true", help="the EMA of the adapter (ema.decay > 0) instead of the adapter")
+    lx.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype written (float32)")
     _diagnose_parser(with_config("diagnose", "exposure bias of checkpoints: teacher-forced vs self-rollout error"))
     return p
 

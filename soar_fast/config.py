@@ -24,6 +24,7 @@ from soar_fast.config_rules import (
     between,
     demo_fills_a_batch,
     image_side,
+    lora_init,
     ruled,
 )
 
@@ -62,8 +63,9 @@ class ModelConfig:
     plans keep SD3's latent sizes). Ignored when `path` is set: the folder's own `vae/` is used (an
     AutoencoderKL, or a toy one from `preset export toy`)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the exported final `transformer/`. Training always keeps fp32 master weights (and
-    checkpoints store them, for exact resume); bf16 compute is `train.mixed_precision`."""
+    """Dtype of the exported final `transformer/` (or `lora/` adapter). Training keeps fp32 master weights
+    of everything it trains (and checkpoints store them, for exact resume); bf16 compute is
+    `train.mixed_precision`. A LoRA run's frozen base is stored in the compute dtype (`lora.rank`)."""
     resolution: int = ruled(64, image_side(widest_aspect=DEMO_WIDEST_ASPECT))
     """Image side in pixels for the built-in demo data, previews and benchmark inputs, and the default
     side of `sample`/`eval` (reference: 512). A multiple of the VAE factor × patch size: 4 with
@@ -157,6 +159,32 @@ class OptimConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Exponential moving average of the trained weights (a LoRA run: of the adapter): after each update
+    `ema = decay·ema + (1 − decay)·weights`. 0 = off (the default). It averages over about
+    `every / (1 − decay)` optimizer steps: 0.999 suits a few thousand steps, 0.9999 tens of thousands
+    (docs/ema.md)."""
+    every: int = ruled(1, at_least(1))
+    """Update the EMA after every this many optimizer steps (its decay is per update, not per step)."""
+    warmup: Literal["none", "power", "linear"] = "none"
+    """Warm-up of the decay over the first updates (diffusers' `EMAModel`): `none` = `decay` from the
+    first update; `power` = 1 − (1 + n/inv_gamma)^−power; `linear` = (1 + n)/(10 + n); both capped at
+    `decay`, floored at `min_decay`; n = k − 1 at the k-th update, and the first update has decay 0 (it
+    copies the weights)."""
+    power: float = ruled(2 / 3, above(0))
+    """Exponent of the `power` warm-up (diffusers' default 2/3; 3/4 warms up faster)."""
+    inv_gamma: float = ruled(1.0, above(0))
+    """Time scale, in updates, of the `power` warm-up (diffusers' default 1)."""
+    min_decay: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Floor of the warmed-up decay (`power` and `linear`; diffusers' `min_decay`)."""
+    device: Literal["same", "cpu"] = "same"
+    """Where the fp32 EMA lives: `same` = beside the weights (one fused update on the device), `cpu` =
+    host memory (frees a 4-byte-per-parameter copy on the GPU; each update copies the weights to the
+    host, docs/ema.md gives the cost)."""
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = ruled(200, at_least(1))
     """Optimizer steps to train (reference: 5000)."""
@@ -170,6 +198,33 @@ class TrainConfig:
     """bf16 autocast for the transformer forward/backward."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """A NaN/inf loss stops the run naming the step, or skips that update."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = ruled(0, at_least(0))
+    """LoRA rank r (peft adapters on the transformer, docs/lora.md). 0 = off: full fine-tuning of every
+    weight. With r > 0 only the adapter trains; the base is frozen and stored in
+    `train.mixed_precision`'s dtype (bf16 under "bf16": no fp32 copy of frozen weights)."""
+    alpha: float | None = ruled(None, above(0))
+    """LoRA alpha; the adapter's update is scaled by alpha / rank. None = rank (scale 1, as diffusers'
+    SD3 LoRA scripts set it)."""
+    dropout: float = ruled(0.0, between(0, 1, hi_open=True))
+    """Dropout on the adapter's input in every training forward (rollout included); its random stream is
+    part of the checkpoint, so resume stays exact."""
+    target_modules: list[str] = field(default_factory=lambda: ["attention"])
+    """Linear layers that get an adapter: module names (a name matches every module whose path ends with
+    it: `to_q` matches attn.to_q and attn2.to_q) and presets: `attention` = attn.to_q, attn.to_k, attn.to_v,
+    attn.to_out.0, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj, attn.to_add_out (the joint attention
+    of both streams: what diffusers' SD3 LoRA script targets; SD3.5-M's `attn2` is not in it); `mlp` = the
+    feed-forward Linears ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2;
+    `attention+mlp` = both."""
+    init: str = ruled("true", lora_init())
+    """peft's `init_lora_weights`: "true" (Kaiming A, zero B: the adapter starts as a no-op), "gaussian"
+    (normal A with std 1/r, zero B; diffusers' SD3 scripts), "orthogonal" (even rank; starts non-zero),
+    "false" (random A and B, for tests), or "pissa" / "pissa_niter_N" / "olora", which move the top
+    singular (QR) directions of each base weight into the adapter and leave the residual as the frozen
+    base (exports convert the adapter back to a delta on the original base, docs/lora.md)."""
 
 
 @dataclass
@@ -289,7 +344,13 @@ class EvalConfig:
     seed: int = ruled(0, at_least(0))
     """Base seed; image i of row r uses seed + r * images_per_prompt + i."""
     checkpoint: str | None = None
-    """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights."""
+    """A `checkpoints/step-N` or `transformer/` folder to sample with instead of the base weights, or a
+    LoRA run's `lora/` (or a checkpoint holding one): that adapter on its base, merged."""
+    use_ema: bool = False
+    """Sample with the EMA of the trained weights (`ema.decay` > 0 in training) instead of the weights
+    themselves: `eval.checkpoint`'s `ema/` (a `checkpoints/step-N` folder) or the `transformer_ema/`
+    beside its `transformer/` (an exported run); for a LoRA run the EMA of the adapter (`ema/` over the
+    checkpoint's `lora/`, or the run's `lora_ema/`), merged into its base. Not the scorers' `eval.weights`."""
     compile: bool = True
     """Compile each transformer block and replay the sampler forward from a CUDA graph; CUDA only."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -298,6 +359,9 @@ class EvalConfig:
     """Training previews (`log.sample_every`): prompts of the grid; empty = a built-in list of four."""
     preview_steps: int = ruled(20, at_least(1))
     """Training previews: sampler steps (at `model.resolution`, `cfg_scale`, seeds `seed`...)."""
+    preview_ema: bool = False
+    """Training previews: also render the grid with the EMA weights (`samples/step-N-ema.png`, TensorBoard
+    `samples_ema`) beside the live one; needs `ema.decay` > 0."""
 
 
 @dataclass
@@ -307,8 +371,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     soar: SoarConfig = field(default_factory=SoarConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -180,6 +180,33 @@ def demo_fills_a_batch() -> Check:
     return Check(test, allowed, edges)
 
 
+# ----------------------------------------------------------------------------------------- LoRA
+
+# peft's `init_lora_weights` values that need nothing but the base weights (eva, corda, lora_ga need
+# calibration data, loftq a quantization config, mica a LoRA variant diffusers cannot load).
+LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_N", "olora")
+
+
+def _lora_init_ok(value: str) -> bool:
+    if value.startswith("pissa_niter_"):
+        return value[len("pissa_niter_"):].isdigit()
+    return value in LORA_INITS and value != "pissa_niter_N"
+
+
+def lora_init() -> Check:
+    """`lora.init`: one of LORA_INITS (N a count of subspace iterations); `orthogonal` needs an even rank."""
+    def test(value: str, cfg: Any) -> bool:
+        return _lora_init_ok(value) and not (value == "orthogonal" and int(cfg.lora.rank) % 2)
+
+    def allowed(cfg: Any) -> str:
+        if cfg.lora.init == "orthogonal" and int(cfg.lora.rank) % 2:
+            return f"used with an even lora.rank (orthogonal init splits the rank in halves; rank = {cfg.lora.rank})"
+        return "one of " + ", ".join(LORA_INITS) + " (N >= 0 subspace iterations)"
+
+    return Check(test, allowed, lambda cfg: (["true", "gaussian", "pissa_niter_4"],
+                                             ["eva", "loftq", "pissa_niter_x", "True"]))
+
+
 # ----------------------------------------------------------------------------------------- cross-field
 
 @dataclass(frozen=True)
@@ -199,4 +226,11 @@ CROSS_RULES: tuple[CrossRule, ...] = (
     CrossRule("accel.fuse_main_into_aux",
               lambda c: not (c.accel.mode == "fast" and c.accel.fuse_main_into_aux and not c.accel.batched_aux),
               "false while accel.batched_aux = false (there is no single aux forward to fuse into)"),
+    # Which names exist is checked against the model itself before training (`models.lora.check_targets`).
+    CrossRule("lora.target_modules",
+              lambda c: c.lora.rank == 0 or (len(c.lora.target_modules) > 0
+                                             and all(str(v).strip() for v in c.lora.target_modules)),
+              "a non-empty list of module names or presets (attention, mlp, attention+mlp) while lora.rank > 0"),
+    CrossRule("eval.preview_ema", lambda c: not (c.eval.preview_ema and c.ema.decay == 0),
+              "false while ema.decay = 0 (no EMA is kept to preview)"),
 )

@@ -37,6 +37,7 @@ def test_hand_count_one_plain_block():
     other = 2 * N * 3 * D + 2 * (256 * D + D * D) + 2 * (6 * D + D * D) + 2 * L * 5 * D + 2 * D * 2 * D + 2 * N * D * 3
     f = forward_flops(cfg, N, L)
     assert (f.blocks, f.other) == (block, other)
+    assert f.attention == 2 * S * S * D * 2  # QK^T and AV: the only matmuls without a weight
 
 
 def test_step_accounting():
@@ -48,3 +49,6 @@ def test_step_accounting():
     ref = step_flops(TINY, 16, 5, reference_work(4, 24))
     fast = step_flops(TINY, 16, 5, fast_work(4, 24, rollout_reuse_cond=True, checkpointing="none"))
     assert ref - fast == f.total * 4 + f.blocks * 28
+    # Frozen weights (LoRA): backward = input gradients, 1x forward, plus attention's second product.
+    lora = step_flops(TINY, 16, 5, StepWork(grad_samples=3, nograd_samples=2, frozen_weights=True))
+    assert lora == f.total * (3 + 2 + 3) + f.attention * 3 and 0 < f.attention < f.blocks

@@ -247,3 +247,27 @@ def test_diagnose_usage_errors_are_one_line(demo_run, tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["diagnose", "--checkpoint", ckpt, "--sigmas", "a,b"]) == 2
     assert "--sigmas" in capsys.readouterr().err
+
+
+def test_diagnose_takes_a_lora_checkpoint_as_its_merged_transformer(tmp_path):
+    """A LoRA run's checkpoint is diagnosed as base + adapter: the same numbers as its `export --merge`."""
+    from soar_fast.cli import main
+    from soar_fast.config_io import load_config
+    from soar_fast.eval.diagnose import diagnose_checkpoints, run_folder_of
+    from soar_fast.train.run import main_train
+    from tests.conftest import tiny_config
+    from tests.tolerances import STEP_LOSS_RTOL
+
+    run = tmp_path / "lora-run"
+    assert main_train(tiny_config(run, ["--data.demo_size=12", "--data.batch_size=3", "--lora.rank=4",
+                                        "--lora.init=false", "--train.max_steps=2"]), None) == 0
+    assert main(["export", "--merge", str(run), str(tmp_path / "merged")]) == 0
+    assert run_folder_of(str(run / "lora")) == run
+    cfg = load_config(str(run / "config.toml"))
+    kw = {"samples": 3, "sigmas": (0.7,), "rollout_steps": 2, "cfg_scale": 2.0, "output_dir": str(tmp_path / "d")}
+    got = diagnose_checkpoints(cfg, [str(run / "checkpoints" / "step-2"), str(run), str(tmp_path / "merged")], **kw)
+    points = [c["points"][0] for c in got["checkpoints"]]
+    for p in points[:2]:
+        assert p["drift"] == pytest.approx(points[2]["drift"], rel=STEP_LOSS_RTOL)
+        assert p["self_rollout"]["velocity_error_cfg"] == pytest.approx(
+            points[2]["self_rollout"]["velocity_error_cfg"], rel=STEP_LOSS_RTOL)

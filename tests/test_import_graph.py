@@ -18,7 +18,8 @@ LEAVES = ("soar_fast.config", "soar_fast.config_io", "soar_fast.config_rules", "
           "soar_fast.train.phases", "soar_fast.soar", "soar_fast.kernels")
 # Subcommand modules: only the CLI (or another command) may import them.
 COMMANDS = ("soar_fast.train.run", "soar_fast.train.profile", "soar_fast.data.cache", "soar_fast.data.check",
-            "soar_fast.eval.sample", "soar_fast.eval.run", "soar_fast.eval.diagnose_command", "soar_fast.benchmarks")
+            "soar_fast.eval.sample", "soar_fast.eval.run", "soar_fast.eval.diagnose_command", "soar_fast.benchmarks",
+            "soar_fast.models.lora_export")
 
 
 def _modules() -> dict[str, Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -67,6 +68,22 @@ def test_fsdp2_ranks_hold_a_shard_of_the_state():
     assert two.optimizer == pytest.approx(one.optimizer / 2, rel=0.05)
 
 
+def test_the_ema_on_the_device_is_planned_as_resident_state():
+    """4 B per trained parameter, per rank's shard under FSDP2; nothing on the device with ema.device = cpu."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from soar_fast.plan.step import model_config
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in SD3Transformer2DModel.from_config(model_config(load_config(None, SMALL))).parameters())
+    base, ema, host = _plan(), _plan("--ema.decay=0.99"), _plan("--ema.decay=0.99", "--ema.device=cpu")
+    assert ema.optimizer - base.optimizer == ema.peak_bytes - base.peak_bytes == 4 * n
+    assert (host.optimizer, host.peak_bytes) == (base.optimizer, base.peak_bytes)
+    two_base, two_ema = _plan(world=2), _plan("--ema.decay=0.99", world=2)
+    assert two_ema.optimizer - two_base.optimizer == pytest.approx(4 * n / 2, rel=0.05)
+
+
 def test_planner_refuses_stochastic_paths_with_a_named_key():
     with pytest.raises(ConfigError, match="soar.num_rollout_paths"):
         _plan("--soar.num_rollout_paths=2")
@@ -81,12 +98,18 @@ def _row(label: str, peak: int, t: float, fits: bool, mode: str = "fast", batch:
 def test_sweep_grid_and_fastest_fitting():
     cfg = load_config(None, ["--data.batch_size=4"])
     grid = sweep_grid(cfg, batch_sizes=[2, 4], worlds=[1])
-    assert grid[0].mode == "reference" and len(grid) == 1 + 3 * 3 * 2 * 2
+    # + one LoRA comparison row per batch size (this config is a full fine-tune).
+    assert grid[0].mode == "reference" and len(grid) == 1 + 3 * 3 * 2 * 2 + 2
     assert {c.aux_chunk for c in grid[1:]} == {0, 2, 4}
+    assert [c.lora_rank for c in grid[-2:]] == [16, 16] and all(c.lora_rank is None for c in grid[:-2])
+    assert sweep_grid(load_config(None, ["--lora.rank=4"]), batch_sizes=[2], worlds=[1])[-1].lora_rank is None
     rows = [_row("ref", 1, 0.1, True, mode="reference"), _row("none", 9, 1.0, False), _row("full", 5, 2.0, True),
             _row("selective", 6, 1.5, True), _row("selective", 6, 2.0, True, batch=2)]
     assert fastest_fitting(rows).choice.grad_checkpointing == "selective"  # the reference row never wins
     assert fastest_fitting(rows[:2]) is None
+    lora = SweepRow(dataclasses.replace(rows[3].choice, lora_rank=16), rows[3].plan, True)
+    lora.plan = dataclasses.replace(lora.plan, step_time_s=0.01)
+    assert fastest_fitting([*rows, lora]).choice.lora_rank is None  # a comparison row never wins
 
 
 def test_train_logs_the_predicted_peak(tmp_output_dir):

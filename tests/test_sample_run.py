@@ -90,3 +90,49 @@ def test_a_run_without_a_checkpoint_is_named(demo_run, tmp_path):
                       ([f"--run.output_dir={empty}"], "run.output_dir")):
         with pytest.raises(ConfigError, match=f"{key}={empty}.* no complete checkpoint"):
             sampling_config(load_config(None, args), "sample")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo as a LoRA run with an EMA (random A and B: the adapter changes the outputs), 2 steps."""
+    out = tmp_path_factory.mktemp("lora") / "run"
+    assert cli.main(["train", "--train.max_steps=2", "--model.resolution=32", "--data.max_sequence_length=8",
+                     "--data.demo_size=8", "--lora.rank=4", "--lora.init=false", "--ema.decay=0.5",
+                     "--optim.lr=1e-3", f"--run.output_dir={out}", *QUIET]) == 0
+    return out
+
+
+def test_sampling_a_lora_run_finds_its_base_and_adapter(lora_run, capsys):
+    import torch
+
+    from soar_fast.eval.pipeline import load_pipeline
+    from soar_fast.models.ema_folder import lay_over, read_ema_tensors
+    from soar_fast.models.lora_io import adapted_transformer, merged_transformer, read_info, rebuild_base
+
+    ckpt = lora_run / "checkpoints" / "step-2"
+    for path, want in ((lora_run, ckpt), (lora_run / "lora", lora_run / "lora"), (ckpt, ckpt)):
+        found = find_run(path)
+        assert found is not None and found.folder == lora_run and found.transformer == str(want), path
+    capsys.readouterr()
+    assert cli.main(["sample", f"--run.output_dir={lora_run}"]) == 0
+    assert "sample/step-2 (grid:" in capsys.readouterr().out and (lora_run / "sample" / "step-2" / "grid.png").is_file()
+    assert cli.main(["sample", f"--run.output_dir={lora_run}", "--eval.use_ema=true"]) == 0
+    assert (lora_run / "sample" / "step-2-ema" / "grid.png").is_file()  # beside the weights' images
+    # What sampling runs: the run's recorded base with the adapter (or its EMA) merged in.
+    plain = merged_transformer(adapted_transformer(str(ckpt / "lora")))
+    averaged = adapted_transformer(str(ckpt / "lora"))
+    lay_over(averaged, read_ema_tensors(str(ckpt / "ema" / "ema.safetensors")), source="ema")
+    averaged = merged_transformer(averaged)
+    info, _ = read_info(str(ckpt / "lora"))
+    base = rebuild_base(info)  # the preset, seed and data widths the run recorded
+    for use_ema, want in ((False, plain), (True, averaged)):
+        cfg = sampling_config(load_config(None, [f"--run.output_dir={lora_run}", "--eval.dtype=float32",
+                                                 f"--eval.use_ema={str(use_ema).lower()}"]), "sample")
+        got = load_pipeline(cfg.model, cfg.eval, torch.device("cpu")).transformer.state_dict()
+        assert got.keys() == want.state_dict().keys() == base.state_dict().keys()
+        for name, value in want.state_dict().items():
+            assert torch.equal(got[name], value), (use_ema, name)
+    # The adapter moved the adapted Linears of the base alone; the EMA differs from the adapter.
+    moved = [n for n, v in base.state_dict().items() if not torch.equal(v, plain.state_dict()[n])]
+    assert moved and all(n.removesuffix(".weight").endswith(tuple(info.target_modules)) for n in moved), moved
+    assert any(not torch.equal(v, averaged.state_dict()[n]) for n, v in plain.state_dict().items())

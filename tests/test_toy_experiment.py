@@ -54,7 +54,7 @@ def test_diagnose_measures_each_arm_against_the_base(smoke):
 
 
 def test_report_files(smoke):
-    work, result, files = smoke
+    work, _result, files = smoke
     names = {f.name for f in files}
     assert names == {"results.json", "results.md", "score_vs_compute.png", "drift_vs_sigma.png"}
     saved = json.loads((work / "results" / "results.json").read_text())

@@ -57,14 +57,14 @@ def markdown(result: dict, summ: dict) -> str:
     cfgs = list(summ["base"])
     cats = list(summ["base"][cfgs[0]])
     lines = [f"# SOAR vs SFT at toy scale ({p['name']} protocol)", "",
-             f"commit `{result['commit']}`, {result['date']}, {result['machine']['processor']} "
+             (f"commit `{result['commit']}`, {result['date']}, {result['machine']['processor']} "
              f"({result['machine']['cpu_count']} cores), torch {result['machine']['torch']}; "
-             f"wall time {result['wall_s'] / 60:.1f} min.", "",
-             f"Detector accuracy on {p['heldout_prompts']} held-out prompts, {p['sampling_steps']}-step Euler "
+             f"wall time {result['wall_s'] / 60:.1f} min."), "",
+             (f"Detector accuracy on {p['heldout_prompts']} held-out prompts, {p['sampling_steps']}-step Euler "
              f"sampling, final checkpoints; mean ± sd over seeds {list(p['seeds'])}. Base: {p['base_steps']} SFT "
              f"steps; post-training: {p['post_steps']} steps (SFT same FLOPs: "
              f"{round(p['post_steps'] * result['flops_ratio'])}), lr {p['post_lr']}, batch {p['batch_size']}, "
-             f"K = {p['trajectory_length']}, CFG {p['cfg_scale']}.", ""]
+             f"K = {p['trajectory_length']}, CFG {p['cfg_scale']}."), ""]
     for cfg in cfgs:
         lines += [f"## {cfg.replace('cfg=', 'CFG ')}", "", "| run | " + " | ".join(cats) + " |",
                   "|---|" + "---:|" * len(cats)]

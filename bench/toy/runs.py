@@ -88,7 +88,7 @@ def train(run: Run, p: Protocol, root: Path, train_jsonl: Path) -> dict:
     started = time.perf_counter()
     with open(out.parent / f"{run.name}.log", "w") as log:
         code = subprocess.run([sys.executable, "-m", "soar_fast", "train", str(cfg), "--run.overwrite=true"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+                              stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
     wall = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"{run.name}: soar-fast train exited {code} (log: {out.parent / (run.name + '.log')})")

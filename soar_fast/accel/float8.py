@@ -5,7 +5,9 @@ the joint-context projections, both MLPs, the context embedder) and whose in/out
 ≥ `min_features` and divisible by 16 are converted. The adaLN modulation Linears (`norm1.linear`,
 `norm1_context.linear`, `norm_out.linear`) and the timestep/pooled embedders run on one row per
 sample (M = B), where float8 casting costs more than it saves, and `proj_out` is narrow (p²·C = 64):
-they stay in the training dtype. Needs an sm_89+ GPU (Ada/Hopper float8 tensor cores) and should
+they stay in the training dtype. With LoRA (`lora.rank > 0`) the frozen base Linears inside the adapted
+layers (`<name>.base_layer`) are converted and the adapter's rank-r `lora_A`/`lora_B` branches stay in
+the training dtype: their r-wide matmuls would pay float8's casts for nothing. Needs an sm_89+ GPU (Ada/Hopper float8 tensor cores) and should
 be combined with `accel.compile` — torchao's eager float8 casts are separate kernels.
 Recipes: `tensorwise` (fastest), `rowwise`, `rowwise_with_gw_hp` (more accurate; torchao names).
 """
@@ -19,8 +21,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Sub-module names whose Linears see one row per sample (adaLN modulations, embedders) or are narrow.
-_SKIP_PARTS = ("norm1.", "norm1_context.", "norm_out", "time_text_embed", "proj_out", "pos_embed")
+# Sub-module names whose Linears see one row per sample (adaLN modulations, embedders) or are narrow
+# (proj_out, a LoRA adapter's rank-r branches).
+_SKIP_PARTS = ("norm1.", "norm1_context.", "norm_out", "time_text_embed", "proj_out", "pos_embed", ".lora_A.",
+               ".lora_B.")
 
 
 def float8_module_filter(min_features: int = 1024):

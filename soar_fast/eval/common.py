@@ -52,6 +52,6 @@ def run_info(cfg: Config, env: DistEnv, n_rows: int, n_images: int, seconds: flo
     e = cfg.eval
     return {"dataset": e.dataset, "prompts": e.prompts, "rows": n_rows, "images": n_images,
             "images_per_prompt": e.images_per_prompt, "model": cfg.model.path or f"preset:{cfg.model.preset}",
-            "checkpoint": e.checkpoint, "steps": e.steps, "cfg_scale": e.cfg_scale, "resolution": e.resolution,
+            "checkpoint": e.checkpoint, "use_ema": e.use_ema, "steps": e.steps, "cfg_scale": e.cfg_scale, "resolution": e.resolution,
             "max_sequence_length": e.max_sequence_length, "seed": e.seed, "world_size": env.world,
             "sampling_seconds_rank0": round(seconds, 2)}

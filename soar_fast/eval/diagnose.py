@@ -103,13 +103,15 @@ def _noise(seeds: Sequence[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, 
 
 
 def checkpoint_folder(path: str) -> str:
-    """The folder `load_transformer` reads for `path`: a `checkpoints/step-N` or transformer folder as
-    given, a run folder's exported `transformer/`, else its latest checkpoint."""
+    """The folder `trained_transformer` reads for `path`: a `checkpoints/step-N`, transformer or LoRA
+    adapter folder as given, a run folder's exported `transformer/` (`lora/`), else its latest checkpoint."""
+    from soar_fast.models.lora_io import find_adapter_folder
     from soar_fast.train.checkpoint import latest_checkpoint
 
     if not os.path.isdir(path):
         raise ModelFolderError(f"--checkpoint {path}: no such folder")
-    if os.path.isdir(os.path.join(path, "transformer")) or os.path.isfile(os.path.join(path, "config.json")):
+    if (os.path.isdir(os.path.join(path, "transformer")) or os.path.isfile(os.path.join(path, "config.json"))
+            or find_adapter_folder(path) is not None):  # a LoRA checkpoint, run or adapter folder
         return path
     latest = latest_checkpoint(path)
     if latest is None:
@@ -172,7 +174,8 @@ def diagnose_checkpoints(cfg: Config, checkpoints: Sequence[str], *, samples: in
     `labels` name the checkpoints in the plot (default: the last three parts of each path).
     Returns `{"settings": {...}, "checkpoints": [{"label", "checkpoint", "path", "step", "points": [...]}]}`,
     one entry per checkpoint in the given order, `points` as `ExposureBias.summary()` (JSON-ready)."""
-    from soar_fast.models.transformer import load_transformer, scheduler_config
+    from soar_fast.eval.pipeline import trained_transformer
+    from soar_fast.models.transformer import scheduler_config
     from soar_fast.soar.grid import SigmaGrid
 
     if not checkpoints:
@@ -198,7 +201,10 @@ def diagnose_checkpoints(cfg: Config, checkpoints: Sequence[str], *, samples: in
                              device=device, dtype=dtype, output_dir=out, data_jsonl=data_jsonl)
         results = []
         for name, given, folder in zip(names, checkpoints, folders):
-            transformer = load_transformer(folder, dtype=dtype).to(device).requires_grad_(False).eval()
+            transformer = trained_transformer(folder, base_path=cfg.model.path, dtype=dtype)
+            if next(transformer.parameters()).dtype != dtype:  # a merged LoRA adapter is fp32
+                transformer = transformer.to(dtype)
+            transformer = transformer.to(device).requires_grad_(False).eval()
             channels = int(transformer.config.in_channels)
             if channels != held.latent_channels:
                 raise ModelFolderError(f"--checkpoint {given}: the transformer takes {channels} latent channels, "
@@ -224,12 +230,12 @@ def diagnose_checkpoints(cfg: Config, checkpoints: Sequence[str], *, samples: in
 
 
 def run_folder_of(checkpoint: str) -> Path:
-    """The run folder a checkpoint belongs to: `<run>/checkpoints/step-N` or `<run>/transformer` -> `<run>`;
+    """The run folder a checkpoint belongs to: `<run>/checkpoints/step-N`, `<run>/transformer` or `<run>/lora` -> `<run>`;
     anything else is taken as the run folder itself."""
     p = Path(os.path.normpath(checkpoint))
     if _STEP.match(p.name) and p.parent.name == "checkpoints":
         return p.parent.parent
-    if p.name == "transformer":
+    if p.name in ("transformer", "lora"):
         return p.parent
     return p
 

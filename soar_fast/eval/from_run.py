@@ -1,13 +1,16 @@
 """Sampling a soar-fast run: what `sample` and `eval` take from the run's own `config.toml`.
 
-A run is a folder that `soar-fast train` wrote: `config.toml` beside `checkpoints/` or `transformer/`.
+A run is a folder that `soar-fast train` wrote: `config.toml` beside `checkpoints/` or `transformer/`
+(a LoRA run's `lora/`).
 `sampling_config(cfg, command)` finds the run to sample, resolves what the config leaves open, and
 returns the config the command runs with:
 
 - the run: `eval.checkpoint` when it lies in a run (the run folder itself, one of its
-  `checkpoints/step-N`, or its `transformer/`; a run folder means its latest checkpoint). With no
+  `checkpoints/step-N`, or its final `transformer/` / `lora/` or their `_ema` twins; a run folder means
+  its latest checkpoint, whose `ema/` `eval.use_ema` takes). A LoRA run's base is the run's `[model]`. With no
   `eval.checkpoint`, `run.output_dir` when it holds a run: its latest checkpoint is sampled and the
-  outputs go to `<run>/<command>/step-N/`, never into the run's own files;
+  outputs go to `<run>/<command>/step-N/` (`step-N-ema/` with `eval.use_ema`), never into the run's own
+  files;
 - from the run: the `[model]` fields this config leaves at their defaults, `eval.resolution` (None →
   the run's `model.resolution`) and `eval.max_sequence_length` (None → the run's
   `data.max_sequence_length`); without prompts, a demo run gets held-out demo captions;
@@ -42,18 +45,23 @@ class TrainedRun:
     config: Config
     """The run's config.toml: its [model], [data] and [train] tables (the rest is not read)."""
     transformer: str
-    """What to sample: a `checkpoints/step-N` folder, or a `transformer/` folder."""
+    """What to sample: a `checkpoints/step-N` folder, or a final `transformer/` or `lora/` folder (or the
+    `transformer_ema/` / `lora_ema/` beside it)."""
     step: int | None
-    """The checkpoint's step; None for the final `transformer/` (the run's `train.max_steps`)."""
+    """The checkpoint's step; None for the final weights (the run's `train.max_steps`)."""
 
     @property
     def trained_on_demo(self) -> bool:
         return self.config.data.jsonl is None and self.config.data.cache is None
 
 
+# A run's final weights (a LoRA run's adapter instead of `transformer/`) and their EMA beside them.
+_FINAL = ("transformer", "lora")
+_FINAL_EMA = ("transformer_ema", "lora_ema")
+
+
 def _is_run(folder: Path) -> bool:
-    return (folder / "config.toml").is_file() and ((folder / "checkpoints").is_dir()
-                                                   or (folder / "transformer").is_dir())
+    return (folder / "config.toml").is_file() and any((folder / n).is_dir() for n in ("checkpoints", *_FINAL))
 
 
 def _read_run(folder: Path) -> Config:
@@ -66,6 +74,7 @@ def _read_run(folder: Path) -> Config:
 
 def find_run(path: str | os.PathLike) -> TrainedRun | None:
     """The soar-fast run `path` belongs to (see the module docstring), or None."""
+    from soar_fast.models.lora_io import is_adapter_folder
     from soar_fast.train.checkpoint import is_complete, latest_checkpoint
 
     p = Path(path)
@@ -75,12 +84,14 @@ def find_run(path: str | os.PathLike) -> TrainedRun | None:
             return TrainedRun(p, _read_run(p), latest.path, latest.step)
         if (p / "transformer" / "config.json").is_file():
             return TrainedRun(p, _read_run(p), str(p / "transformer"), None)
+        if is_adapter_folder(str(p / "lora")):
+            return TrainedRun(p, _read_run(p), str(p / "lora"), None)
         return None
-    folder = p.parent if p.name == "transformer" else p
+    folder = p.parent if p.name in _FINAL else p
     m = _STEP_DIR.match(folder.name)
     if m and folder.parent.name == "checkpoints" and _is_run(folder.parent.parent) and is_complete(str(folder)):
         return TrainedRun(folder.parent.parent, _read_run(folder.parent.parent), str(p), int(m.group(1)))
-    if p.name == "transformer" and _is_run(p.parent):
+    if p.name in (*_FINAL, *_FINAL_EMA) and _is_run(p.parent):
         return TrainedRun(p.parent, _read_run(p.parent), str(p), None)
     return None
 
@@ -111,7 +122,9 @@ def sampling_config(cfg: Config, command: str) -> Config:
             raise ConfigError(f"run.output_dir={out} holds a run with no complete checkpoint or transformer/ "
                               "to sample yet: train it first, or set eval.checkpoint")
         checkpoint = run.transformer
-        out = os.path.join(out, command, f"step-{run.step}" if run.step is not None else "final")
+        # The EMA's images beside the weights' (`step-N-ema`), never over them.
+        name = (f"step-{run.step}" if run.step is not None else "final") + ("-ema" if e.use_ema else "")
+        out = os.path.join(out, command, name)
     else:
         checkpoint = None
     model, data = cfg.model, cfg.data

@@ -4,6 +4,10 @@ transformer, the sampler, and the encode → sample → decode path shared by `s
 The base comes from `model.path` (a local SD3 diffusers folder) or, without one, the preset with the
 demo's tiny encoders; `eval.checkpoint` (a `checkpoints/step-N` or `transformer/` folder) replaces the
 base transformer: what the reference evaluation cannot load (docs/eval.md, "Differences from the reference evaluation").
+A LoRA checkpoint or export (a `lora/` folder, or a folder holding one) is applied to the base it was
+trained on (`model.path`, else the recorded preset) and merged into it before sampling.
+`eval.use_ema` takes that checkpoint's EMA weights instead (models/ema_folder.py; with LoRA the EMA
+adapter on the adapted model, merged the same way).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 from soar_fast.config import DataConfig, EvalConfig, ModelConfig
+from soar_fast.config_io import ConfigError
 from soar_fast.eval.sampler import FlowSampler, initial_noise
 from soar_fast.models.vae import decode, scale_factor
 
@@ -82,19 +87,20 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
         raise ValueError("load_pipeline: eval.resolution and eval.max_sequence_length must be set (None means "
                          "the training values: resolve them with eval.from_run.sampling_config)")
     from soar_fast.data.encoders import load_encoders
-    from soar_fast.models.transformer import build_transformer, load_transformer, scheduler_config
+    from soar_fast.models.transformer import build_transformer, scheduler_config
 
     dtype = resolve_dtype(eval_cfg.dtype, device)
     enc_dtype = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    if transformer is None:
+        if eval_cfg.checkpoint or eval_cfg.use_ema:
+            transformer = trained_transformer(eval_cfg.checkpoint, base_path=model_cfg.path, dtype=dtype,
+                                              use_ema=eval_cfg.use_ema)
+        else:
+            transformer = build_transformer(model_cfg)
+    # After the transformer: a wrong eval.checkpoint fails before the text encoders load.
     encoders = load_encoders(model_cfg, dataclasses.replace(DataConfig(), encoder_dtype=enc_dtype,
                                                             max_sequence_length=eval_cfg.max_sequence_length),
                              device)
-    if transformer is None:
-        if eval_cfg.checkpoint:
-            transformer = load_transformer(eval_cfg.checkpoint, dtype=dtype)
-            log.info("sampling with the transformer of %s", eval_cfg.checkpoint)
-        else:
-            transformer = build_transformer(model_cfg)
     transformer = _to(transformer, device, dtype).requires_grad_(False).eval()
     vae = _to(encoders.vae, device, dtype)
     channels = int(transformer.config.in_channels)
@@ -106,6 +112,31 @@ def load_pipeline(model_cfg: ModelConfig, eval_cfg: EvalConfig, device: torch.de
                           patch_size=int(transformer.config.patch_size))
     return SamplingPipeline(transformer, encoders.text, vae, sampler, device, dtype,
                             eval_cfg.max_sequence_length, eval_cfg.resolution)
+
+
+def trained_transformer(checkpoint: str | None, *, base_path: str | None, dtype: torch.dtype,
+                        use_ema: bool = False) -> torch.nn.Module:
+    """The transformer `checkpoint` holds (module docstring): its weights, its LoRA adapter merged into the
+    base (`base_path`, else the recorded one), or with `use_ema` its EMA weights (`eval.use_ema`)."""
+    from soar_fast.models.lora_io import adapted_transformer, find_adapter_folder, merged_transformer
+    from soar_fast.models.transformer import load_transformer
+
+    if use_ema:
+        from soar_fast.models.ema_folder import load_ema_transformer
+
+        if not checkpoint:
+            raise ConfigError("eval.use_ema = true needs eval.checkpoint: a checkpoints/step-N folder, or a run "
+                              "folder (or its transformer/ or lora/) with transformer_ema/ or lora_ema/ beside it")
+        log.info("sampling with the EMA weights of %s", checkpoint)
+        return load_ema_transformer(checkpoint, dtype=dtype, base_path=base_path)
+    assert checkpoint, "trained_transformer: no checkpoint"
+    folder = find_adapter_folder(checkpoint)
+    if folder is not None:
+        log.info("sampling with the LoRA adapter of %s merged into its base", folder)
+        # Merged once: sampling then runs plain Linear layers (and compiles like the base model).
+        return merged_transformer(adapted_transformer(folder, path=base_path))
+    log.info("sampling with the transformer of %s", checkpoint)
+    return load_transformer(checkpoint, dtype=dtype)
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -1,6 +1,7 @@
 """Training-time previews (`log.sample_every`; by default every 50 steps of the embedded demo, on
 held-out demo captions): a fixed prompt list with fixed seeds rendered by the
-current transformer into one grid, `<output_dir>/samples/step-<N:07d>.png`, and to TensorBoard.
+current transformer into one grid, `<output_dir>/samples/step-<N:07d>.png`, and to TensorBoard; with
+`eval.preview_ema` the EMA weights render a second grid, `step-<N:07d>-ema.png` (`samples_ema`).
 
 The trainer builds a `Preview` once (the prompts are encoded then and the text encoders dropped, so
 training from a cache pays for them only at start) and calls `render_preview` every
@@ -106,10 +107,11 @@ def build_preview(cfg: Config, device: torch.device | str, *, encoders: Any = No
 
 @torch.no_grad()
 def render_preview(transformer: torch.nn.Module, preview: Preview, *, step: int, output_dir: str,
-                   writer: Any = None, write: bool = True) -> str | None:
+                   writer: Any = None, write: bool = True, suffix: str = "") -> str | None:
     """Sample the preview grid with `transformer` (the unwrapped module) and save it; returns the PNG
     path (None when `write` is False: FSDP ranks other than 0 still run the forwards). `writer`: a
-    TensorBoard SummaryWriter or None. The module's train/eval mode is restored."""
+    TensorBoard SummaryWriter or None. `suffix` ("-ema") names the file `step-N<suffix>.png` and the
+    TensorBoard tag `samples<suffix>` (with `_`). The module's train/eval mode is restored."""
     from soar_fast.models.transformer import velocity_fn
 
     was_training = transformer.training
@@ -130,11 +132,11 @@ def render_preview(transformer: torch.nn.Module, preview: Preview, *, step: int,
     if not write:
         return None
     grid = np.asarray(contact_sheet(list(to_uint8(images)), columns=len(preview.prompts)))
-    path = os.path.join(output_dir, "samples", f"step-{step:07d}.png")
+    path = os.path.join(output_dir, "samples", f"step-{step:07d}{suffix}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     from PIL import Image
 
     Image.fromarray(grid).save(path)
     if writer is not None:
-        writer.add_image("samples", grid, step, dataformats="HWC")
+        writer.add_image("samples" + suffix.replace("-", "_"), grid, step, dataformats="HWC")
     return path

@@ -55,18 +55,37 @@ def saved_world(state_dir: str) -> int:
         return int(json.load(f)["world"])
 
 
+def _options(trainable_only: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # strict=False: a trainable-only state leaves out the frozen parameters and the buffers on purpose.
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def _model_state(model: nn.Module, state: dict[str, Any], trainable_only: bool) -> dict[str, Any]:
+    """`state` without the buffers when `trainable_only` (DCP keeps buffers with the frozen parameters left
+    out; SD3's positional table is a function of the config, 0.9 GB in fp32 for SD3.5-M)."""
+    if not trainable_only:
+        return state
+    buffers = {n.replace("_orig_mod.", "").removeprefix("module.") for n, _ in model.named_buffers()}
+    return {k: v for k, v in state.items() if k not in buffers}
+
+
 def save_sharded_state(state_dir: str, *, model: nn.Module, optimizer: torch.optim.Optimizer | None, d: Dist,
-                       rank_state: dict[str, Any], strategy: str = "none") -> None:
-    """Collective: every rank writes its shards of model + optimizer and its own rank file."""
+                       rank_state: dict[str, Any], strategy: str = "none", trainable_only: bool = False) -> None:
+    """Collective: every rank writes its shards of model + optimizer and its own rank file.
+    `trainable_only`: the model's trainable parameters alone (a LoRA adapter; the frozen base is the
+    base model's, rebuilt on resume)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     os.makedirs(state_dir, exist_ok=True)
     if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+        state = {"model": _model_state(model, model_sd, trainable_only), "optim": optim_sd}
     else:
-        state = {"model": get_model_state_dict(model)}
+        state = {"model": _model_state(model, get_model_state_dict(model, options=_options(trainable_only)),
+                                       trainable_only)}
     with _quiet_no_dist(d):
         dcp.save(state, checkpoint_id=os.path.join(state_dir, _DCP), no_dist=not d.has_group)
     torch.save(rank_state, rank_file(state_dir, d.rank))
@@ -76,9 +95,10 @@ def save_sharded_state(state_dir: str, *, model: nn.Module, optimizer: torch.opt
 
 
 def load_sharded_state(state_dir: str, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                       d: Dist) -> dict[str, Any] | None:
+                       d: Dist, trainable_only: bool = False) -> dict[str, Any] | None:
     """Collective: load model (+ optimizer) in place, resharded to this run's layout; return this
-    rank's saved rank state, or None when the checkpoint had fewer ranks than this run."""
+    rank's saved rank state, or None when the checkpoint had fewer ranks than this run.
+    `trainable_only`: as saved by `save_sharded_state(..., trainable_only=True)`."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
@@ -92,16 +112,18 @@ def load_sharded_state(state_dir: str, *, model: nn.Module, optimizer: torch.opt
     ckpt = os.path.join(state_dir, _DCP)
     if optimizer is not None:
         # get_state_dict creates the optimizer state (a zero-lr step) so DCP has tensors to load into.
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+        state = {"model": _model_state(model, model_sd, trainable_only), "optim": optim_sd}
         with _quiet_no_dist(d):
             dcp.load(state, checkpoint_id=ckpt, no_dist=not d.has_group)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=_options(trainable_only))
     else:
-        state = {"model": get_model_state_dict(model)}
+        state = {"model": _model_state(model, get_model_state_dict(model, options=_options(trainable_only)),
+                                       trainable_only)}
         with _quiet_no_dist(d):
             dcp.load(state, checkpoint_id=ckpt, no_dist=not d.has_group)
-        set_model_state_dict(model, state["model"])
+        set_model_state_dict(model, state["model"], options=_options(trainable_only))
     path = rank_file(state_dir, d.rank)
     if not os.path.isfile(path):
         return None

@@ -13,18 +13,34 @@ from torch import nn
 from .env import Dist
 from .wrap import unwrap
 
-__all__ = ["export_transformer", "full_state_dict"]
+__all__ = ["export_adapter", "export_transformer", "full_state_dict"]
 
 
-def full_state_dict(model: nn.Module, d: Dist) -> dict[str, torch.Tensor] | None:
-    """Collective: the unsharded CPU state dict on rank 0 (keys of the unwrapped module); None elsewhere."""
+def full_state_dict(model: nn.Module, d: Dist, *, trainable_only: bool = False) -> dict[str, torch.Tensor] | None:
+    """Collective: the unsharded CPU state dict on rank 0 (keys of the unwrapped module); None elsewhere.
+    `trainable_only`: only the parameters that train (a LoRA adapter: the frozen base is never gathered)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if not d.has_group:
         # get_model_state_dict also strips the `_orig_mod.` of blocks compiled as OptimizedModules.
-        return {k: v.detach().cpu() for k, v in get_model_state_dict(model).items()}
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=trainable_only))
+        return {k: v.detach().cpu() for k, v in sd.items()}
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                              ignore_frozen_params=trainable_only))
     return sd if d.is_main else None
+
+
+def export_adapter(model: nn.Module, folder: str, d: Dist, *, dtype: torch.dtype | None = None,
+                   base_relative: bool = False) -> None:
+    """Collective: gather a LoRA adapter (its parameters only) to rank 0 and write the adapter folder
+    there (`models.lora_io.save_adapter`; `base_relative` for exports of PiSSA/OLoRA adapters)."""
+    from soar_fast.models.lora import adapter_state
+    from soar_fast.models.lora_io import save_adapter
+
+    sd = full_state_dict(model, d, trainable_only=True)
+    if sd is None:
+        return
+    save_adapter(unwrap(model), folder, dtype=dtype, state=adapter_state(sd), base_relative_export=base_relative)
 
 
 def export_transformer(model: nn.Module, folder: str, d: Dist, *, dtype: torch.dtype | None = None) -> None:

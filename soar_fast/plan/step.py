@@ -91,7 +91,8 @@ class StepPlan:
 
     peak_bytes: the step's peak of live tensor bytes; phase: where it is reached (`main forward`,
     `rollout forward`, `aux kernel`, `aux forward`, `backward`, `optimizer`, `data`). params, grads,
-    optimizer, activations: the split at the peak (activations include temporaries and inputs).
+    optimizer, activations: the split at the peak (activations include temporaries and inputs; optimizer
+    includes the `[ema]` weights kept on the device).
     flops: executed FLOPs of the step (every forward, backward, recompute; `soar_fast.accel.flops`).
     step_time_s: roofline lower bound on the eager step on `gpu` (per op, FLOPs at the matrix peak or
     bytes at the bandwidth, whichever is slower); compute_bound_s: `flops` at the bf16 peak alone
@@ -142,12 +143,14 @@ def step_flops_of(cfg: Config, config: dict[str, Any], shapes: RunShapes, accel:
     B = shapes.batch
     aux_rows = B * int(cfg.soar.trajectory_length) * int(cfg.soar.num_rollout_paths)
     checkpointing = "full" if accel.grad_checkpointing == "reference" else accel.grad_checkpointing
+    frozen = int(cfg.lora.rank) > 0  # LoRA: no weight gradients of the base
     if cfg.soar.objective == "sft":
-        work = sft_work(B, checkpointing=checkpointing)
+        work = sft_work(B, checkpointing=checkpointing, frozen_weights=frozen)
     elif accel.mode == "reference":
         work = reference_work(B, aux_rows)
     else:
-        work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond, checkpointing=checkpointing)
+        work = fast_work(B, aux_rows, rollout_reuse_cond=accel.rollout_reuse_cond, checkpointing=checkpointing,
+                         frozen_weights=frozen)
     n_image = image_tokens(config, shapes.latent_hw)
     accum = max(int(cfg.train.gradient_accumulation_steps), 1)
     return accum * step_flops(config, n_image, shapes.text_tokens, work)
@@ -243,7 +246,10 @@ def plan_step(cfg: Config, *, gpu: GPU | str | None = None, roofline: bool = Tru
                 tracker.track_external(trainer.model, trainer.optimizer)
             else:
                 tracker = step_fsdp_mem_tracker(trainer.model, trainer.optimizer)
+            # The EMA (`ema.device = "same"`) is resident state like the optimizer's; built outside the tracker.
+            ema = list(trainer.ema.shadow) if trainer.ema is not None and cfg.ema.device == "same" else []
             tracker.track_external(source.null_embeds, source.null_pooled)
+            tracker.track_resident(*ema)
             trainer.fns = replace(trainer.fns, forward=tracker.each_call_fresh(trainer.fns.forward),
                                   rollout_forward=tracker.each_call_fresh(trainer.fns.rollout_forward))
             estimator = Roofline(gpu) if (roofline and gpu is not None) else None

@@ -1,7 +1,8 @@
 """torch's own trackers (`torch.distributed._tools`), with the few gaps a SOAR step needs closed.
 
 - `StepMemTracker` is `MemTracker` (or `FSDPMemTracker` for an FSDP2 model) plus the phase of the
-  step at the peak. Two gaps closed: (1) MemTracker refuses a second top-level call of the same
+  step at the peak. Three gaps closed (the third: frozen parameters, a LoRA run's base, take no
+  gradient hook, which torch refuses on a tensor that does not require grad): (1) MemTracker refuses a second top-level call of the same
   module in one iteration ("multiple iterative calls"), and a SOAR step calls the transformer for the
   main, rollout and aux forwards: each top-level forward starts fresh *module* stats
   (`reset_mod_stats`, through `each_call_fresh`), which leaves the device totals, and so the peak, untouched; module-wise peaks
@@ -45,6 +46,16 @@ SPLIT = {
 }
 
 
+class _NoHook:
+    """Stands in for the gradient-hook handles of a frozen parameter (MemTracker removes them on exit)."""
+
+    def remove(self) -> None:
+        pass
+
+
+_NO_HOOK = _NoHook()
+
+
 def _phase_tracking(base: type) -> type:
     """`base` (MemTracker or FSDPMemTracker) with the step's phases and repeated top-level forwards."""
 
@@ -81,6 +92,18 @@ def _phase_tracking(base: type) -> type:
                     self._peak_mem[dev] = total
                     self._peak_mem_snap[dev] = dict(snap)
                     self.peak_phase = name
+
+        def _track_module_params_and_buffers(self, module: Any, install_grad_hooks: bool = True) -> tuple[int, int]:
+            for p in module.parameters():
+                if not p.requires_grad:
+                    self._param_to_grad_hook_handles.setdefault(p, (_NO_HOOK, _NO_HOOK))
+            return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+        def track_resident(self, *tensors: torch.Tensor) -> None:
+            """Tensors that live through the step beside the optimizer state (the EMA), counted as optimizer
+            state; also under FSDPMemTracker, whose own `track_external` does nothing."""
+            for t in tensors:
+                self._update_and_maybe_create_winfos(t, self._ref_class.OPT)
 
         def each_call_fresh(self, fn: Any) -> Any:
             """`fn` (a top-level model call) starting fresh module stats each time it is called."""

@@ -1,10 +1,12 @@
 """Checkpoints that really resume, written so a crash never destroys the previous one.
 
 Layout of `<output_dir>/checkpoints/step-<N>/`:
-  transformer/      diffusers `save_pretrained` (safetensors, fp32 master weights)
+  transformer/      diffusers `save_pretrained` (safetensors, fp32 master weights); with LoRA instead
+  lora/             the adapter alone, fp32, in diffusers' LoRA format (`models/lora_io.py`)
   state/trainer.pt  step, optimizer, LR scheduler, RNG streams, data position (tensors, numbers,
                     strings only: loaded with `torch.load(weights_only=True)`)
   state/meta.json   the same step and the versions, for humans
+  ema/ema.safetensors  the fp32 EMA and its update count, with `ema.decay` > 0 (models/ema_folder.py)
 A checkpoint is written under `checkpoints/.tmp-step-<N>-<pid>/` and renamed into place in one
 `os.replace`, so `step-<N>` exists only when complete; names that are not `step-<N>` are never
 taken for a checkpoint, and leftovers of a killed save are removed by the next save.
@@ -24,11 +26,17 @@ from typing import Any
 import torch
 
 from soar_fast.atomic import save_folder_atomically
+from soar_fast.models.lora import info_of
+from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
+from soar_fast.models.lora_io import WEIGHTS as LORA_WEIGHTS
+from soar_fast.models.lora_io import find_adapter_folder, load_adapter_weights, save_adapter
 
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_REQUIRED = ("transformer/config.json", "state/trainer.pt")
+_STATE = "state/trainer.pt"
+# One of these holds the weights: the full transformer, or a LoRA adapter.
+_WEIGHTS = ("transformer/config.json", f"{LORA_FOLDER}/{LORA_WEIGHTS}")
 # Test hook, read only here: seconds to pause between writing the weights and the state of a
 # checkpoint, so tests can `kill -9` a process in the middle of a save.
 _SLOW_SAVE_ENV = "SOAR_FAST_TEST_SLOW_SAVE"
@@ -43,13 +51,25 @@ class Checkpoint:
     def transformer_dir(self) -> str:
         return os.path.join(self.path, "transformer")
 
+    @property
+    def adapter_dir(self) -> str | None:
+        """The checkpoint's `lora/` folder, None for a full fine-tune's checkpoint."""
+        return find_adapter_folder(self.path) if os.path.isdir(os.path.join(self.path, LORA_FOLDER)) else None
+
 
 def checkpoints_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
+def _missing(path: str) -> list[str]:
+    missing = [] if os.path.isfile(os.path.join(path, _STATE)) else [_STATE]
+    if not any(os.path.isfile(os.path.join(path, w)) for w in _WEIGHTS):
+        missing.append(" or ".join(_WEIGHTS))
+    return missing
+
+
 def is_complete(path: str) -> bool:
-    return all(os.path.isfile(os.path.join(path, f)) for f in _REQUIRED)
+    return not _missing(path)
 
 
 def list_checkpoints(output_dir: str) -> list[Checkpoint]:
@@ -80,7 +100,7 @@ def resolve_checkpoint(path: str) -> Checkpoint:
     m = _STEP_DIR.match(os.path.basename(os.path.normpath(path)))
     if m:
         if not is_complete(path):
-            missing = [f for f in _REQUIRED if not os.path.isfile(os.path.join(path, f))]
+            missing = _missing(path)
             raise ModelFolderError(f"--resume {path}: incomplete checkpoint (missing {', '.join(missing)})")
         return Checkpoint(int(m.group(1)), path)
     latest = latest_checkpoint(path)
@@ -108,13 +128,15 @@ def remove_partial_saves(output_dir: str) -> None:
 
 
 def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module, state: dict[str, Any],
-                    total_limit: int | None = None) -> Checkpoint:
-    """Write `checkpoints/step-<step>` atomically, then prune to `total_limit` (oldest first)."""
+                    total_limit: int | None = None,
+                    ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Checkpoint:
+    """Write `checkpoints/step-<step>` atomically, then prune to `total_limit` (oldest first).
+    `ema`: (tensors, metadata) of the EMA file, written inside the same atomic folder."""
     remove_partial_saves(output_dir)
     final = os.path.join(checkpoints_dir(output_dir), f"step-{step}")
 
     def write(tmp: str) -> None:
-        save_transformer(transformer, os.path.join(tmp, "transformer"))
+        save_weights(transformer, tmp)
         pause = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
         if pause > 0:
             time.sleep(pause)
@@ -123,6 +145,10 @@ def save_checkpoint(output_dir: str, step: int, *, transformer: torch.nn.Module,
         meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
         with open(os.path.join(tmp, "state", "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
+        if ema is not None:
+            from soar_fast.models.ema_folder import ema_file, write_ema_file
+
+            write_ema_file(ema_file(tmp), *ema)
 
     save_folder_atomically(final, write)
     prune_checkpoints(output_dir, step, total_limit)
@@ -143,6 +169,15 @@ def prune_checkpoints(output_dir: str, step: int, total_limit: int | None) -> No
     if newer:
         log.warning("checkpoints/ also holds steps %s from an abandoned continuation; `--resume` without a "
                     "PATH picks the highest step", newer)
+
+
+def save_weights(transformer: torch.nn.Module, checkpoint_dir: str) -> None:
+    """What a checkpoint keeps of the model: `transformer/` (full fine-tune) or `lora/` (the adapter)."""
+    model = getattr(transformer, "_orig_mod", transformer)
+    if info_of(model) is not None:
+        save_adapter(model, os.path.join(checkpoint_dir, LORA_FOLDER))
+    else:
+        save_transformer(model, os.path.join(checkpoint_dir, "transformer"))
 
 
 def save_transformer(transformer: torch.nn.Module, folder: str, *, dtype: torch.dtype | None = None) -> None:
@@ -177,10 +212,28 @@ def read_transformer_weights(folder: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_kind(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """A LoRA checkpoint resumes only a LoRA run and a full one only a full run (ModelFolderError)."""
+    from soar_fast.models.transformer import ModelFolderError
+
+    adapted, has_adapter = info_of(model) is not None, checkpoint.adapter_dir is not None
+    if adapted and not has_adapter:
+        raise ModelFolderError(f"{checkpoint.path}: a full fine-tune's checkpoint (transformer/), but lora.rank > 0; "
+                               "resume it with lora.rank = 0")
+    if has_adapter and not adapted:
+        raise ModelFolderError(f"{checkpoint.path}: a LoRA checkpoint (lora/), but lora.rank = 0; resume it with "
+                               "the run's [lora] settings")
+
+
 def load_weights(transformer: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    """Copy a checkpoint's safetensors weights into `transformer` in place (same architecture)."""
-    state = read_transformer_weights(checkpoint.transformer_dir)
+    """Copy a checkpoint's safetensors weights into `transformer` in place (same architecture): the
+    whole transformer, or the adapter of a LoRA run."""
     model = getattr(transformer, "_orig_mod", transformer)
+    check_kind(model, checkpoint)
+    if checkpoint.adapter_dir is not None:
+        load_adapter_weights(model, checkpoint.adapter_dir)
+        return
+    state = read_transformer_weights(checkpoint.transformer_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{checkpoint.transformer_dir}: weights do not match the model (missing {missing[:3]}, "

@@ -1,7 +1,8 @@
 """The training loop: steps, log steps (the only host syncs), checkpoints, a clean stop on a signal.
 
 Outputs under `run.output_dir`: metrics.jsonl, tensorboard/, plots/loss.png, checkpoints/step-N/,
-and the final transformer/ (in `model.dtype`).
+and the final transformer/ (in `model.dtype`), or with LoRA the final adapter lora/; with `ema.decay` > 0
+the EMA weights beside them, `transformer_ema/` (or `lora_ema/`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import torch
 
 from soar_fast.atomic import save_folder_atomically
 from soar_fast.errors import UserError
+from soar_fast.models.ema_folder import EMA_ADAPTER_EXPORT, EMA_EXPORT
+from soar_fast.models.lora import info_of
+from soar_fast.models.lora_io import FOLDER as LORA_FOLDER
+from soar_fast.models.lora_io import save_adapter
 from soar_fast.parallel import Dist, sum_over_ranks, unwrap
 from soar_fast.train.checkpoint import save_checkpoint, save_transformer
 from soar_fast.train.metrics import MetricsLog
@@ -179,14 +184,19 @@ def fit(trainer: Trainer) -> str:
                     # Every rank runs the sampler (FSDP2 forwards are collectives); rank 0 writes the grid.
                     render_preview(unwrap(trainer.model), preview, step=step, output_dir=out,
                                    writer=getattr(metrics, "writer", None), write=trainer.is_main)
+                    if cfg.eval.preview_ema:
+                        with trainer.ema.swapped_in():
+                            render_preview(unwrap(trainer.model), preview, step=step, output_dir=out, suffix="-ema",
+                                           writer=getattr(metrics, "writer", None), write=trainer.is_main)
                 if is_save and last_saved != step:
                     if trainer.sharded_checkpoints:
                         from soar_fast.train.resume import save_sharded_checkpoint
 
                         saved = save_sharded_checkpoint(trainer, out, step, total_limit=cfg.checkpoint.total_limit)
                     else:
+                        ema = None if trainer.ema is None else (trainer.ema.full_tensors(d), trainer.ema.meta(step))
                         saved = save_checkpoint(out, step, transformer=unwrap(trainer.model), state=trainer.state_dict(),
-                                                total_limit=cfg.checkpoint.total_limit).path
+                                                total_limit=cfg.checkpoint.total_limit, ema=ema).path
                     last_saved = step
                     metrics.plot()
                     log.info("saved %s", saved)
@@ -205,18 +215,40 @@ def fit(trainer: Trainer) -> str:
 
 
 def save_final(trainer: Trainer) -> str:
-    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters)."""
+    """`<output_dir>/transformer/` in `model.dtype` (checkpoints keep the fp32 masters), or with LoRA
+    `<output_dir>/lora/`; and the EMA weights beside it as `transformer_ema/` (or `lora_ema/`): the same
+    export with the EMA swapped in."""
+    lora = info_of(trainer.model) is not None
+    final = export_final(trainer, LORA_FOLDER if lora else "transformer")
+    if trainer.ema is not None:
+        with trainer.ema.swapped_in():
+            export_final(trainer, EMA_ADAPTER_EXPORT if lora else EMA_EXPORT)
+    return final
+
+
+def export_final(trainer: Trainer, name: str) -> str:
+    """The live weights as `<output_dir>/<name>/` in `model.dtype`, written atomically: a diffusers
+    transformer folder, or with LoRA the adapter in diffusers' LoRA format, relative to the original base."""
     dtype = torch.bfloat16 if trainer.cfg.model.dtype == "bfloat16" else torch.float32
-    final = os.path.join(trainer.cfg.run.output_dir, "transformer")
+    final = os.path.join(trainer.cfg.run.output_dir, name)
+    model = trainer.model
+    lora = info_of(model) is not None
     if trainer.dist.has_group:
         # Gathered to rank 0 (a collective for FSDP2 shards), written there, renamed into place.
         from soar_fast.parallel.dcp import atomic_folder
-        from soar_fast.parallel.export import export_transformer
+        from soar_fast.parallel.export import export_adapter, export_transformer
 
         with atomic_folder(final, trainer.dist) as tmp:
-            export_transformer(trainer.model, tmp, trainer.dist, dtype=dtype)
+            if lora:
+                export_adapter(model, tmp, trainer.dist, dtype=dtype, base_relative=True)
+            else:
+                export_transformer(model, tmp, trainer.dist, dtype=dtype)
         return final
-    save_folder_atomically(final, lambda tmp: save_transformer(trainer.model, tmp, dtype=dtype))
+    if lora:
+        save_folder_atomically(final, lambda tmp: save_adapter(unwrap(model), tmp, dtype=dtype,
+                                                               base_relative_export=True))
+    else:
+        save_folder_atomically(final, lambda tmp: save_transformer(model, tmp, dtype=dtype))
     return final
 
 

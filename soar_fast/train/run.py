@@ -16,7 +16,8 @@ from soar_fast.models.folder import check_model_folder
 log = logging.getLogger("soar_fast.train")
 
 # What a run writes (and what `run.overwrite` may delete); demo data is kept, it is reproducible.
-RUN_OUTPUTS = ("checkpoints", "transformer", "tensorboard", "plots", "metrics.jsonl", "samples", "sample", "eval")
+RUN_OUTPUTS = ("checkpoints", "transformer", "transformer_ema", "lora", "lora_ema", "tensorboard", "plots",
+               "metrics.jsonl", "samples", "sample", "eval")
 
 
 def main_train(cfg: Config, args: Any) -> int:
@@ -36,6 +37,7 @@ def main_train(cfg: Config, args: Any) -> int:
     check_switches(cfg.accel)
     check_model_folder(cfg.model.path, encodes=cfg.data.cache is None,
                        why="training without data.cache encodes each batch")
+    check_lora_targets(cfg)
     try:
         d = init_distributed(cfg.parallel, device_type=resolve_device(cfg.run).type)
     except ValueError as e:
@@ -60,12 +62,12 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
     out = cfg.run.output_dir
     resume = getattr(args, "resume", None)
     checkpoint = None
-    has_final = os.path.isdir(os.path.join(out, "transformer"))
+    has_final = any(os.path.isdir(os.path.join(out, name)) for name in ("transformer", "lora"))
     if resume is None:
         if latest_checkpoint(out) is not None or has_final:
             if not cfg.run.overwrite:
                 way = ("pass --resume to continue that run, " if latest_checkpoint(out) is not None else "")
-                raise ConfigError(f"run.output_dir={out} already holds a run (checkpoints/ or transformer/): {way}"
+                raise ConfigError(f"run.output_dir={out} already holds a run (checkpoints/, transformer/ or lora/): {way}"
                                   "--run.overwrite=true replaces it, or choose another run.output_dir")
             for name in RUN_OUTPUTS if d.is_main else ():
                 path = os.path.join(out, name)
@@ -79,7 +81,7 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
         d.barrier()
         checkpoint = resolve_checkpoint(resume) if resume else latest_checkpoint(out)
         if checkpoint is None and has_final and not cfg.run.overwrite:
-            raise ConfigError(f"run.output_dir={out} holds an exported transformer/ but no checkpoint to resume "
+            raise ConfigError(f"run.output_dir={out} holds an exported transformer/ or lora/ but no checkpoint to resume "
                               "from: --run.overwrite=true replaces it, or choose another run.output_dir")
         if checkpoint is None:
             log.info("--resume: no checkpoint in %s yet; starting from step 0", out)
@@ -96,14 +98,17 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
 
     from soar_fast.models.transformer import count_parameters
     from soar_fast.train.checkpoint import load_state, load_weights
+    from soar_fast.train.ema import restore_ema
     from soar_fast.train.loop import fit
     from soar_fast.train.trainer import Trainer
 
     predicted = log_predicted_peak(cfg, d)
     trainer = Trainer.build(cfg, dist=d)
     trainer.predicted_peak_bytes = predicted
-    log.info("model: %s, %.2fM parameters, on %s; step: %s", cfg.model.path or f"preset {cfg.model.preset}",
-             count_parameters(trainer.model) / 1e6, trainer.device, trainer.opts)
+    log.info("model: %s, %.2fM parameters (%.2fM trained%s), on %s; step: %s",
+             cfg.model.path or f"preset {cfg.model.preset}", count_parameters(trainer.model) / 1e6,
+             sum(p.numel() for p in trainer.params) / 1e6, f", LoRA rank {cfg.lora.rank}" if cfg.lora.rank else "",
+             trainer.device, trainer.opts)
     if checkpoint is not None:
         from soar_fast.train.resume import (
             is_sharded_checkpoint,
@@ -118,15 +123,35 @@ def _train(cfg: Config, args: Any, d: Any) -> int:
         else:
             load_weights(trainer.model, checkpoint)
             trainer.load_state_dict(load_state(checkpoint))
+        restore_ema(trainer.ema, checkpoint.path, step=trainer.step)
         log.info("resumed from %s (step %d)", checkpoint.path, trainer.step)
     status = fit(trainer)
     if status == "stopped":
         log.info("stopped at step %d; outputs in %s", trainer.step, out)
     else:
-        written = [n for n in ("metrics.jsonl", "plots/loss.png", "checkpoints/", "transformer/")
+        written = [n for n in ("metrics.jsonl", "plots/loss.png", "checkpoints/", "transformer/", "transformer_ema/",
+                               "lora/", "lora_ema/")
                    if os.path.exists(os.path.join(out, n))]
         log.info("done: %d steps; outputs in %s (%s)", trainer.step, out, ", ".join(written))
     return 0
+
+
+def check_lora_targets(cfg: Config) -> None:
+    """`lora.target_modules` against the transformer's layers, on a weightless copy built from its config
+    (a bad name is a config error before data, encoders or weights are loaded)."""
+    if cfg.lora.rank == 0:
+        return
+    import json
+
+    from soar_fast.models.lora import check_targets, skeleton
+    from soar_fast.models.transformer import preset_config, transformer_folder
+
+    if cfg.model.path:
+        with open(os.path.join(transformer_folder(cfg.model.path), "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    else:
+        config = preset_config(cfg.model.preset)
+    check_targets(cfg.lora.target_modules, skeleton(config))
 
 
 def log_predicted_peak(cfg: Config, d: Any) -> int | None:

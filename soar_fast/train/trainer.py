@@ -1,8 +1,10 @@
 """The Trainer, assembled in a fixed order of small steps (torchtitan style):
 
   resolve device → random streams → data source → transformer (preset sized to the data, or
-  `model.path`) → sigma grid → resolve `[accel]` once → eager step pieces → `apply_accel` →
-  DDP/FSDP2 (`parallel.wrap`) → step options → optimizer → LR schedule
+  `model.path`) → LoRA adapter (`lora.rank > 0`) → sigma grid → resolve `[accel]` once → eager step
+  pieces → `apply_accel` → DDP/FSDP2 (`parallel.wrap`) → step options → trainable parameters →
+  optimizer → LR schedule → EMA of the optimizer's parameters (`[ema]`, sharded like them; with LoRA
+  the adapter's)
 
 Each builder takes only its own config section. `Trainer.train_step` is one optimizer step
 (accumulation, clipping, schedule) around `soar_step`; the loop with logging, checkpoints and
@@ -20,6 +22,7 @@ import torch
 
 from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.config import Config, ModelConfig, RunConfig
+from soar_fast.models.lora import apply_lora, lora_info
 from soar_fast.models.transformer import (
     build_transformer,
     image_tokens,
@@ -40,6 +43,7 @@ from soar_fast.parallel import (
 )
 from soar_fast.seeds import stream_seed
 from soar_fast.soar import LossParts, SigmaGrid, draw
+from soar_fast.train.ema import Ema, build_ema
 from soar_fast.train.optim import build_lr_scheduler, build_optimizer
 from soar_fast.train.rng import RngStreams
 from soar_fast.train.step import StepFns, StepOptions, drop_conditions, soar_step, step_options
@@ -57,15 +61,37 @@ def resolve_device(run: RunConfig) -> torch.device:
     return torch.device(run.device)
 
 
+def data_dims(source: Any) -> dict[str, int]:
+    """The widths the data gives the transformer (a preset adapts to them; a loaded model is checked)."""
+    return {"in_channels": int(source.latent_channels), "joint_attention_dim": int(source.null_embeds.shape[-1]),
+            "pooled_projection_dim": int(source.null_pooled.shape[-1])}
+
+
 def build_model(model_cfg: ModelConfig, source: Any, *, seed: int, device: torch.device) -> torch.nn.Module:
     """The transformer sized to the data (a preset adapts its input widths; a loaded model is checked).
 
-    Weights are always fp32 masters; `model.dtype` is the dtype of the exported `transformer/`.
+    Weights are fp32 masters (a LoRA base is then frozen in the compute dtype, `build_lora`);
+    `model.dtype` is the dtype of the exported `transformer/`.
     """
-    model = build_transformer(model_cfg, seed=seed, in_channels=source.latent_channels,
-                              joint_attention_dim=source.null_embeds.shape[-1],
-                              pooled_projection_dim=source.null_pooled.shape[-1])
+    model = build_transformer(model_cfg, seed=seed, **data_dims(source))
     return model.to(device=device, dtype=torch.float32).train()
+
+
+def build_lora(cfg: Config, model: torch.nn.Module, source: Any, *, init_seed: int) -> torch.nn.Module:
+    """`[lora]` on `model` in place: only the adapter trains, the frozen base is stored in
+    `train.mixed_precision`'s dtype (no fp32 copy of weights that never change). Records the base
+    (preset + seed + data widths, or `model.path`) so the adapter can be rebuilt on it later."""
+    base = {"preset": cfg.model.preset, "path": cfg.model.path, "seed": init_seed, "dims": data_dims(source)}
+    info = lora_info(cfg.lora, model, init_seed=stream_seed(cfg.train.seed, 0, "lora_init"), base=base)
+    base_dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
+    return apply_lora(model, info, base_dtype=base_dtype)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimizer updates, clipping clips (and a weight average would average): every
+    parameter of a full fine-tune, the adapter's alone with LoRA. Taken after DDP/FSDP2 wrapping
+    (FSDP2 replaces the parameters with their shards)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 @dataclass
@@ -92,12 +118,16 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     rngs: RngStreams
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    """The trainable parameters, given to the optimizer (`trainable_parameters`)."""
     rank: int = 0
     world: int = 1
     step: int = 0
     dist: Dist = field(default_factory=Dist)
     predicted_peak_bytes: int | None = None
     """The planner's predicted peak of one step on this rank (`log.plan_memory`), for the log."""
+    ema: Ema | None = None
+    """The EMA of the trained parameters (`ema.decay` > 0), updated in `apply_update`."""
     _batches: Any = field(default=None, repr=False)
 
     @classmethod
@@ -112,15 +142,19 @@ class Trainer:
         else:
             device = resolve_device(cfg.run)
             dist = single_process(device)
-        rngs = RngStreams(cfg.train.seed, rank, device)
+        # LoRA dropout draws from the global RNG, which then becomes part of the checkpointed state.
+        rngs = RngStreams(cfg.train.seed, rank, device, with_global=cfg.lora.rank > 0 and cfg.lora.dropout > 0)
         if source is None:
             from soar_fast.data.build import build_source
 
             source = build_source(cfg.data, cfg.model, seed=cfg.train.seed, output_dir=cfg.run.output_dir,
                                   rank=rank, world=world, device=device, dtype=torch.float32)
         # Same initial weights on every rank: the init seed ignores the rank.
+        init_seed = stream_seed(cfg.train.seed, 0, "init")
         if model is None:
-            model = build_model(cfg.model, source, seed=stream_seed(cfg.train.seed, 0, "init"), device=device)
+            model = build_model(cfg.model, source, seed=init_seed, device=device)
+        if cfg.lora.rank > 0:
+            model = build_lora(cfg, model, source, init_seed=init_seed)
         grid = SigmaGrid.from_scheduler_config(scheduler_config(cfg.model)).to(device)
         accel = resolve_accel(cfg.accel, device)
         if cfg.parallel.strategy == "fsdp2" and accel.cuda_graphs:
@@ -139,10 +173,13 @@ class Trainer:
             fns = replace(fns, forward=velocity_fn(wrapped))
         model = wrapped
         opts = step_options(accel, mixed_precision=cfg.train.mixed_precision)
-        optimizer = build_optimizer(cfg.optim, model.parameters(), state=accel.optimizer, device=device)
+        params = trainable_parameters(model)
+        optimizer = build_optimizer(cfg.optim, params, state=accel.optimizer, device=device)
         lr_scheduler = build_lr_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
+        ema = build_ema(cfg.ema, model, optimizer)
         return cls(cfg=cfg, device=device, model=model, fns=fns, opts=opts, grid=grid, source=source,
-                   optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, rank=rank, world=world, dist=dist)
+                   optimizer=optimizer, lr_scheduler=lr_scheduler, rngs=rngs, params=params, rank=rank, world=world,
+                   dist=dist, ema=ema)
 
     @property
     def is_main(self) -> bool:
@@ -205,7 +242,7 @@ class Trainer:
 
     def clip_gradients(self) -> torch.Tensor:
         """Global grad norm (device tensor, no sync), clipped to `optim.max_grad_norm` unless 0."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
         max_norm = self.cfg.optim.max_grad_norm
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -217,6 +254,8 @@ class Trainer:
     def apply_update(self) -> None:
         self.optimizer.step()
         after_optimizer_step(self.model)  # float8 + FSDP2: next all-gather's weight scales (else no-op)
+        if self.ema is not None:
+            self.ema.after_step(self.step + 1)  # the loop advances `self.step` after this call
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
