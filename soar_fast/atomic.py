@@ -1,7 +1,8 @@
-"""Folders that appear whole or not at all: write under a temporary name, flush, rename into place.
+"""Folders and files that appear whole or not at all: write under a temporary name, flush, rename into
+place.
 
-A leaf (standard library only), shared by the one-process checkpoints (`train/checkpoint.py`) and
-the sharded ones (`parallel/dcp.py`).
+A leaf (standard library only), shared by the one-process checkpoints (`train/checkpoint.py`), the
+sharded ones (`parallel/dcp.py`) and the generated data sets (`data/demo.py`, `toy/shapes_set.py`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _fsync_tree(path: str) -> None:
@@ -58,3 +60,14 @@ def save_folder_atomically(final: str, write: Callable[[str], object]) -> None:
     os.makedirs(tmp)
     write(tmp)
     publish_folder(tmp, final, str(os.getpid()))
+
+
+def write_if_changed(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically, and not at all when the file already holds it: several ranks
+    may generate the same data set at once."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

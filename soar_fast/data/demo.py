@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from soar_fast.atomic import write_if_changed
 from soar_fast.config import DataConfig, ModelConfig
 from soar_fast.config_rules import DEMO_WIDEST_ASPECT
 
@@ -60,15 +60,6 @@ def _draw(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, str]:
         d.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fg)
         d.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fg)
     return img, _caption(fg_name, shape, bg_name)
-
-
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """Atomic and idempotent, so several ranks may generate the same set at once."""
-    if path.is_file() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def demo_samples(*, size: int = 64, resolution: int = 64, seed: int = 0,
@@ -121,8 +112,8 @@ def write_demo_set(folder: str | Path, *, size: int = 64, resolution: int = 64, 
         img.save(buf, format="JPEG", quality=95)
         data = buf.getvalue()
         md5 = hashlib.md5(data).hexdigest()
-        _write_if_changed(folder / f"{md5}.jpg", data)
+        write_if_changed(folder / f"{md5}.jpg", data)
         lines.append(json.dumps({"md5": md5, "caption_en": caption, "bw": bucket[0], "bh": bucket[1]}))
     jsonl = folder / "data.jsonl"
-    _write_if_changed(jsonl, ("\n".join(lines) + "\n").encode())
+    write_if_changed(jsonl, ("\n".join(lines) + "\n").encode())
     return jsonl

@@ -6,22 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 from pathlib import Path
 
+from soar_fast.atomic import write_if_changed
 from soar_fast.toy.render import render
 from soar_fast.toy.split import heldout_prompts, training_tags
 from soar_fast.toy.tags import caption
-
-
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """Atomic and idempotent, so several ranks may write the same set at once."""
-    if path.is_file() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_shapes_set(folder: str | Path, *, size: int, side: int = 32, seed: int = 0) -> Path:
@@ -42,10 +33,10 @@ def write_shapes_set(folder: str | Path, *, size: int, side: int = 32, seed: int
         render(tags, side, rng).save(buf, format="PNG")
         data = buf.getvalue()
         md5 = hashlib.md5(data).hexdigest()
-        _write_if_changed(folder / f"{md5}.png", data)
+        write_if_changed(folder / f"{md5}.png", data)
         lines.append(json.dumps({"md5": md5, "caption_en": caption(tags), "bw": side, "bh": side, "tags": tags}))
     jsonl = folder / "data.jsonl"
-    _write_if_changed(jsonl, ("\n".join(lines) + "\n").encode())
+    write_if_changed(jsonl, ("\n".join(lines) + "\n").encode())
     return jsonl
 
 
@@ -55,5 +46,5 @@ def write_heldout_prompts(path: str | Path, *, seed: int = 0, n: int = 240) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = heldout_prompts(seed=seed, n=n)
-    _write_if_changed(path, ("\n".join(json.dumps(r) for r in rows) + "\n").encode())
+    write_if_changed(path, ("\n".join(json.dumps(r) for r in rows) + "\n").encode())
     return path
