@@ -65,6 +65,11 @@ def soar_cfg(paths: int) -> SoarConfig:
     return SoarConfig(trajectory_length=4, num_rollout_paths=paths, rollout_kind="flow_sde")
 
 
+def grads_of(model) -> dict[str, torch.Tensor | None]:
+    """Each parameter's gradient by name; None where it got none (a frozen LoRA base, tests/test_lora.py)."""
+    return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
 def oracle(model, paths: int):
     soar = soar_cfg(paths)
     z0, embeds, pooled, null_e, null_p, draws = batch(paths)
@@ -73,7 +78,7 @@ def oracle(model, paths: int):
                            lambda_aux=soar.lambda_aux, weighting_scheme=soar.weighting_scheme,
                            kind=soar.rollout_kind, noise_scale=soar.noise_scale)
     parts.loss.backward()
-    return parts.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return parts.loss.detach(), grads_of(model)
 
 
 def fast(model, accel: AccelConfig, paths: int, world: int = 1):
@@ -84,7 +89,7 @@ def fast(model, accel: AccelConfig, paths: int, world: int = 1):
     counts = (lambda m, a: (torch.as_tensor(m) * world, torch.as_tensor(a) * world)) if world > 1 else None
     parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(resolve_accel(accel, "cpu")),
                       loss_scale=float(world), global_counts=counts)
-    return parts.loss * world, {n: p.grad.clone() for n, p in model.named_parameters()}
+    return parts.loss * world, grads_of(model)
 
 
 def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> torch.nn.Module:
@@ -96,6 +101,7 @@ def check(accel: AccelConfig, paths: int = 1, world: int = 1) -> torch.nn.Module
     torch.testing.assert_close(loss, loss_ref, rtol=STEP_LOSS_RTOL, atol=0.0)
     assert grads.keys() == grads_ref.keys()
     for name, g in grads_ref.items():
+        assert g is not None and grads[name] is not None, f"{name}: no gradient"
         torch.testing.assert_close(grads[name], g, rtol=STEP_GRAD[0], atol=STEP_GRAD[1], msg=name)
     return model
 

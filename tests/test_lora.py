@@ -10,15 +10,11 @@ import dataclasses
 import pytest
 import torch
 
-from soar_fast.accel import apply_accel, resolve_accel
 from soar_fast.config import AccelConfig, LoraConfig
 from soar_fast.config_io import ConfigError
 from soar_fast.models.lora import ATTENTION, MLP, apply_lora, lora_info, resolve_targets
-from soar_fast.models.transformer import velocity_fn
-from soar_fast.soar import SigmaGrid, reference_loss
-from soar_fast.train.step import StepFns, soar_step, step_options
 from tests.conftest import FakeSource, tiny_config
-from tests.test_fast_step import ALL_CPU, ALL_OFF, batch, soar_cfg, tiny_model
+from tests.test_fast_step import ALL_CPU, ALL_OFF, fast, oracle, tiny_model
 from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL
 
 
@@ -115,33 +111,11 @@ def test_bf16_training_stores_the_frozen_base_in_bf16_and_the_adapter_in_fp32(tm
 
 # ----------------------------------------------------------------------------------------- the step
 
-def _oracle(model, paths: int):
-    soar = soar_cfg(paths)
-    z0, embeds, pooled, null_e, null_p, draws = batch(paths)
-    parts = reference_loss(velocity_fn(model), z0, embeds, pooled, null_e, null_p, SigmaGrid(), draws,
-                           cfg_scale=soar.cfg_scale, num_sampling_steps=soar.num_sampling_steps,
-                           lambda_aux=soar.lambda_aux, weighting_scheme=soar.weighting_scheme,
-                           kind=soar.rollout_kind, noise_scale=soar.noise_scale)
-    parts.loss.backward()
-    return parts.loss.detach(), _grads(model)
-
-
-def _grads(model) -> dict[str, torch.Tensor | None]:
-    return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-
-
-def _fast(model, accel: AccelConfig, paths: int):
-    forward = velocity_fn(model)
-    fns = apply_accel(model, StepFns(forward=forward, rollout_forward=forward), accel, device="cpu")
-    parts = soar_step(fns, *batch(paths), SigmaGrid(), soar_cfg(paths), step_options(resolve_accel(accel, "cpu")))
-    return parts.loss, _grads(model)
-
-
 def check_lora_step(accel: AccelConfig, paths: int = 1, targets: tuple[str, ...] = ("attention+mlp",)) -> torch.nn.Module:
     base = adapted(targets=targets)
     model = copy.deepcopy(base)
-    loss_ref, grads_ref = _oracle(base, paths)
-    loss, grads = _fast(model, accel, paths)
+    loss_ref, grads_ref = oracle(base, paths)
+    loss, grads = fast(model, accel, paths)
     torch.testing.assert_close(loss, loss_ref, rtol=STEP_LOSS_RTOL, atol=0.0)
     assert grads.keys() == grads_ref.keys()
     for name, g in grads_ref.items():
@@ -192,7 +166,7 @@ def test_float8_converts_the_frozen_base_and_keeps_the_lora_branches(monkeypatch
     assert kinds["transformer_blocks.0.attn.to_q.base_layer"] is Float8Linear
     assert kinds["transformer_blocks.0.attn.to_q.lora_A.default"] is torch.nn.Linear
     assert not any(k is Float8Linear and ".lora_" in n for n, k in kinds.items())
-    loss, grads = _fast(model, ALL_OFF, paths=1)
+    loss, grads = fast(model, ALL_OFF, paths=1)
     assert torch.isfinite(loss)
     trained = {n for n, g in grads.items() if g is not None}
     assert trained and all(".lora_" in n for n in trained)
