@@ -94,3 +94,15 @@ def tiny_config(output_dir: str | Path, overrides: list[str] | tuple[str, ...] =
             "--checkpoint.every=2", "--log.progress=false", "--log.tensorboard=false", "--log.plot=false",
             "--soar.trajectory_length=2"]
     return load_config(None, [*base, *overrides])
+
+
+def run_ranks(worker, world: int, tmp: str, *, timeout_s: float) -> dict:
+    """Spawn `world` local ranks of `worker(tmp)` (one CPU thread each), require every one to exit 0, and
+    return what rank 0 saved to `tmp/results.pt`."""
+    import torch
+
+    from soar_fast.parallel.launch import spawn_local
+
+    codes = spawn_local(worker, world, tmp, timeout_s=timeout_s, env={"OMP_NUM_THREADS": "1"})
+    assert codes == [0] * world, f"{world}-rank run failed, exit codes {codes} (None = killed at the deadline)"
+    return torch.load(os.path.join(tmp, "results.pt"), weights_only=True)

@@ -28,6 +28,7 @@ from soar_fast.soar import (
     soar_loss,
     weighted_mse,
 )
+from tests.conftest import run_ranks
 from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL
 
 B, C, H = 2, 4, 8            # per-rank batch, latent channels, latent side
@@ -172,13 +173,9 @@ def _worker(tmp: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    from soar_fast.parallel.launch import spawn_local
-
     tmp = str(tmp_path_factory.mktemp("dist"))
     torch.save(_build_model().state_dict(), os.path.join(tmp, "init.pt"))
-    codes = spawn_local(_worker, WORLD, tmp, timeout_s=150, env={"OMP_NUM_THREADS": "1"})
-    assert codes == [0] * WORLD, f"2-rank run failed, exit codes {codes} (None = killed at the deadline)"
-    return tmp, torch.load(os.path.join(tmp, "results.pt"), weights_only=True)
+    return tmp, run_ranks(_worker, WORLD, tmp, timeout_s=150)
 
 
 def _one_process_run(init: dict, steps: tuple[int, ...], model=None, opt=None):

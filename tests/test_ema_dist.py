@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from soar_fast.config import EmaConfig, ParallelConfig
+from tests.conftest import run_ranks
 
 WORLD = 2
 STEPS = 5
@@ -113,12 +114,8 @@ def _worker(tmp: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    from soar_fast.parallel.launch import spawn_local
-
     tmp = str(tmp_path_factory.mktemp("ema-dist"))
-    codes = spawn_local(_worker, WORLD, tmp, timeout_s=150, env={"OMP_NUM_THREADS": "1"})
-    assert codes == [0] * WORLD, f"2-rank run failed, exit codes {codes} (None = killed at the deadline)"
-    return torch.load(os.path.join(tmp, "results.pt"), weights_only=True)
+    return run_ranks(_worker, WORLD, tmp, timeout_s=150)
 
 
 @pytest.fixture(scope="module")

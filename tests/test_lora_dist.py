@@ -14,7 +14,7 @@ import torch
 
 from soar_fast.config import LoraConfig, ParallelConfig
 from soar_fast.parallel.env import Dist, single_process
-from tests.conftest import FakeSource, tiny_config
+from tests.conftest import FakeSource, run_ranks, tiny_config
 from tests.test_dist_step import OPTIM, WORLD, _build_model, _forward_backward, _global_inputs, _shard
 from tests.tolerances import STEP_GRAD, STEP_LOSS_RTOL, assert_close
 
@@ -93,12 +93,8 @@ def _worker(tmp: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_rank_lora(tmp_path_factory):
-    from soar_fast.parallel.launch import spawn_local
-
     tmp = str(tmp_path_factory.mktemp("lora-dist"))
-    codes = spawn_local(_worker, WORLD, tmp, timeout_s=240, env={"OMP_NUM_THREADS": "1"})
-    assert codes == [0] * WORLD, f"2-rank run failed, exit codes {codes} (None = killed at the deadline)"
-    return tmp, torch.load(os.path.join(tmp, "results.pt"), weights_only=True)
+    return tmp, run_ranks(_worker, WORLD, tmp, timeout_s=240)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
