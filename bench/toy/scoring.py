@@ -31,13 +31,13 @@ def _pipelines(model: Path, checkpoint: str, p: Protocol) -> dict[float, object]
 
 
 def sample_images(pipe, prompts: list[dict], p: Protocol, batch: int = 40) -> list[Image.Image]:
+    from soar_fast.eval.images import to_uint8
+
     images = []
     for start in range(0, len(prompts), batch):
         rows = prompts[start:start + batch]
         seeds = [p.image_seed + start + i for i in range(len(rows))]
-        pixels = pipe.generate([r["prompt"] for r in rows], seeds)
-        arr = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        images += [Image.fromarray(a) for a in arr]
+        images += [Image.fromarray(a) for a in to_uint8(pipe.generate([r["prompt"] for r in rows], seeds))]
     return images
 
 
